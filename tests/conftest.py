@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny random CLIP checkpoint and tiny image trees, generated per test session."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_path(tmp_path_factory):
+    """Path of a random-init tiny CLIP checkpoint (state dict) loadable by clipkit.clip.load_clip."""
+    from clipkit.clip import build_tiny_clip, save_tiny_clip
+
+    path = tmp_path_factory.mktemp("tiny_clip") / "tiny_clip.pt"
+    save_tiny_clip(build_tiny_clip(seed=0), str(path))
+    return str(path)
+
+
+def write_image(path, rng, size=(40, 48), color=None):
+    """Write a small random RGB JPEG/PNG (format from the extension) and return its path."""
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    arr = rng.integers(0, 256, size=(size[0], size[1], 3), dtype=np.uint8)
+    if color is not None:
+        arr[: size[0] // 2] = np.asarray(color, dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+@pytest.fixture
+def tiny_image_folder(tmp_path):
+    """<tmp>/images/<class>/<i>.jpg for 3 classes x 6 images; returns (root, classnames)."""
+    rng = np.random.default_rng(0)
+    classnames = ["red", "green", "blue"]
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    for name, color in zip(classnames, colors):
+        for i in range(6):
+            write_image(str(tmp_path / "images" / name / f"{i}.jpg"), rng, color=color)
+    return str(tmp_path), classnames
