@@ -10,10 +10,14 @@ import hashlib
 import os
 from typing import Callable, Dict, Optional, Tuple
 
+import warnings
+
 import torch
 
-import clip as openai_clip
-from clip.model import build_model
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # clip imports the deprecated pkg_resources
+    import clip as openai_clip
+from clip.model import CLIP  # noqa: E402  (after the warning filter)
 
 tokenize = openai_clip.tokenize
 
@@ -79,7 +83,9 @@ def resolve_checkpoint(name_or_path: str, download_root: str = "", download: boo
 
 def _read_state_dict(path: str) -> dict:
     try:
-        archive = torch.jit.load(path, map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.load deprecation notice
+            archive = torch.jit.load(path, map_location="cpu")
         return archive.state_dict()
     except RuntimeError:
         pass  # not a TorchScript archive: a plain state dict
@@ -94,11 +100,37 @@ def _read_state_dict(path: str) -> dict:
     return obj
 
 
+def clip_arch_from_state_dict(state_dict: dict) -> dict:
+    """Infer the ``clip.model.CLIP`` constructor arguments of a ViT checkpoint (heads = width // 64, as OpenAI)."""
+    vision_width = state_dict["visual.conv1.weight"].shape[0]
+    vision_layers = len({k.split(".")[3] for k in state_dict if k.startswith("visual.transformer.resblocks.")})
+    patch_size = state_dict["visual.conv1.weight"].shape[-1]
+    grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    transformer_width = state_dict["ln_final.weight"].shape[0]
+    return dict(
+        embed_dim=state_dict["text_projection"].shape[1],
+        image_resolution=patch_size * grid,
+        vision_layers=vision_layers,
+        vision_width=vision_width,
+        vision_patch_size=patch_size,
+        context_length=state_dict["positional_embedding"].shape[0],
+        vocab_size=state_dict["token_embedding.weight"].shape[0],
+        transformer_width=transformer_width,
+        transformer_heads=transformer_width // 64,
+        transformer_layers=len({k.split(".")[2] for k in state_dict if k.startswith("transformer.resblocks.")}),
+    )
+
+
 def load_clip(name_or_path: str, download_root: str = "", download: bool = True):
-    """Build ``clip.model.CLIP`` from a checkpoint, always fp32, on CPU, in eval mode."""
+    """Build ``clip.model.CLIP`` from a checkpoint, always fp32, on CPU, in eval mode.
+
+    Weights are cast to fp32 directly (OpenAI's fp16 weights convert exactly; fp32 checkpoints keep full precision).
+    """
     path = resolve_checkpoint(name_or_path, download_root, download=download)
     state_dict = _read_state_dict(path)
-    model = build_model({k: v.clone() for k, v in state_dict.items()})
+    model = CLIP(**clip_arch_from_state_dict(state_dict))
+    weights = {k: v.float() for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
+    model.load_state_dict(weights, strict=True)
     model = model.float().eval()
     model.checkpoint_path = path
     return model
