@@ -11,6 +11,14 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Generated artefacts of tests (caches, tiny benchmark) go to a temporary folder, never into the repo."""
+    if "CLIPKIT_CACHE" not in os.environ:
+        os.environ["CLIPKIT_CACHE"] = str(tmp_path_factory.mktemp("clipkit_cache"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_path(tmp_path_factory):
     """Path of a random-init tiny CLIP checkpoint (state dict) loadable by clipkit.clip.load_clip."""
