@@ -1,0 +1,60 @@
+"""Self-training losses of microCLIP (Sec. 3.4): CE on pseudo-labels (Eq. 14) and the fairness regulariser L_reg.
+
+L_reg = -(1/C) sum_c log p_bar_c pushes the mean prediction towards uniform. Paper: p_bar = batch mean of the softmax.
+Official code: a running mean across the steps of an epoch, ``p_bar_t = m * sg(p_bar_{t-1}) + (1 - m) * batch_mean``
+with m = 0.5, restarted at the first step of every epoch, and the loss divided by 0.5 (x2). ``momentum=0, scale=1``
+is the paper's form.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+
+def self_training_loss(logits: torch.Tensor, pseudo_labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 14: mean cross-entropy of (B, C) logits against (B,) hard pseudo-labels."""
+    return F.cross_entropy(logits, pseudo_labels)
+
+
+def running_class_marginal(
+    probabilities: torch.Tensor, previous: Optional[torch.Tensor], momentum: float
+) -> torch.Tensor:
+    """(B, C) softmax outputs -> (C,) p_bar: the batch mean, blended with the detached ``previous`` (C,) when given.
+
+    ``p_bar = momentum * sg(previous) + (1 - momentum) * mean_b p_b``; ``previous=None`` (first step of an epoch) or
+    ``momentum=0`` gives the plain batch mean.
+    """
+    batch_mean = probabilities.mean(dim=0)
+    if previous is None or momentum == 0.0:
+        return batch_mean
+    return momentum * previous.detach() + (1.0 - momentum) * batch_mean
+
+
+def fairness_loss(marginal: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """L_reg = ``scale * -(1/C) sum_c log p_bar_c`` for a (C,) marginal (official scale = 1/0.5 = 2)."""
+    return -scale * marginal.log().mean()
+
+
+def microclip_loss(
+    logits: torch.Tensor,
+    pseudo_labels: torch.Tensor,
+    previous_marginal: Optional[torch.Tensor],
+    fairness_momentum: float,
+    fairness_scale: float,
+    ce_weight: float = 1.0,
+    fairness_weight: float = 1.0,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L = ce_weight * L_st + fairness_weight * L_reg from (B, C) fused logits of the strong view.
+
+    Returns (total, L_st, L_reg, marginal (C,) detached, to pass as ``previous_marginal`` on the next step).
+    """
+    ce = self_training_loss(logits, pseudo_labels)
+    marginal = running_class_marginal(logits.float().softmax(dim=-1), previous_marginal, fairness_momentum)
+    reg = fairness_loss(marginal, fairness_scale)
+    return ce_weight * ce + fairness_weight * reg, ce, reg, marginal.detach()
+
+
+__all__ = ["fairness_loss", "microclip_loss", "running_class_marginal", "self_training_loss"]
