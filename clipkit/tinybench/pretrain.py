@@ -1,0 +1,181 @@
+"""Contrastive pretraining of the benchmark's tiny CLIP on synthetic image-caption pairs (CLIP's symmetric InfoNCE).
+
+The pretraining images come from ``PRETRAIN_DOMAIN`` (large centred objects on clean backgrounds, marks of more colours
+and shapes than the benchmark has classes), so zero-shot transfer to the cluttered benchmark is imperfect, as for a
+web-pretrained CLIP on a fine-grained dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clipkit.clip import build_tiny_clip, save_tiny_clip, tokenize
+
+from .captions import caption
+from .render import MARK_COLOURS, MARK_SHAPES, PRETRAIN_DOMAIN, SceneDomain, render
+
+# CLIP's image normalisation (OpenAI mean / std); the benchmark configs use the same values.
+CLIP_PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_PIXEL_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """Everything that determines the pretrained checkpoint (its digest keys the cache)."""
+
+    seed: int = 0  # seeds the model init, the image pool, caption sampling and batch order
+    # clip.model.CLIP arguments overriding clipkit.clip.TINY_CLIP_ARCH (widths are multiples of 64: heads = width // 64)
+    arch: Tuple[Tuple[str, int], ...] = (
+        ("embed_dim", 64),
+        ("vision_layers", 4),
+        ("vision_width", 128),
+        ("transformer_layers", 2),
+        ("transformer_width", 64),
+    )
+    domain: SceneDomain = PRETRAIN_DOMAIN  # image distribution of the pretraining pairs
+    mark_colours: Tuple[str, ...] = tuple(MARK_COLOURS)  # a superset of the benchmark's colours
+    mark_shapes: Tuple[str, ...] = tuple(MARK_SHAPES)  # a superset of the benchmark's shapes
+    pool_size: int = 8192  # distinct images, rendered once; captions are re-drawn every time an image is used
+    steps: int = 1200  # optimisation steps
+    batch_size: int = 128  # pairs per step (the InfoNCE negatives)
+    lr: float = 1e-3  # AdamW peak learning rate
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (CLIP's value)
+    warmup_steps: int = 100  # linear warmup, then cosine decay to 0
+    max_logit_scale: float = 100.0  # CLIP clamps exp(logit_scale) at 100
+
+    def digest(self) -> str:
+        """Stable hash of the recipe (used to detect a stale cached checkpoint)."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def shortened(self, **changes) -> "PretrainRecipe":
+        """A copy with some fields changed (tests use fewer steps and a smaller pool)."""
+        return dataclasses.replace(self, **changes)
+
+
+DEFAULT_RECIPE = PretrainRecipe()
+
+
+def to_model_input(images: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float normalised with CLIP's mean and std."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(CLIP_PIXEL_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_PIXEL_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def tokenize_trimmed(texts) -> torch.Tensor:
+    """Tokenise to CLIP's 77 positions, then drop the all-padding tail.
+
+    Exact for CLIP's text tower: the causal mask stops a token from seeing later ones, and ``encode_text`` reads the
+    end-of-text token, so features of the trimmed tokens equal those of the full 77-token input.
+    """
+    tokens = tokenize(list(texts))
+    length = int((tokens != 0).sum(dim=1).max())
+    return tokens[:, :length]
+
+
+def contrastive_loss(model, images: torch.Tensor, tokens: torch.Tensor, max_logit_scale: float) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE: mean of the image->text and text->image cross-entropies over the batch."""
+    image_features = F.normalize(model.encode_image(images), dim=-1)
+    text_features = F.normalize(model.encode_text(tokens), dim=-1)
+    scale = model.logit_scale.exp().clamp(max=max_logit_scale)
+    logits = scale * image_features @ text_features.t()
+    targets = torch.arange(len(images))
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
+
+
+def render_pool(recipe: PretrainRecipe, rng: np.random.Generator):
+    """Render ``pool_size`` pretraining images with uniformly drawn marks; returns (uint8 images, scenes)."""
+    size = recipe.domain.image_size
+    images = np.empty((recipe.pool_size, size, size, 3), dtype=np.uint8)
+    scenes = []
+    for i in range(recipe.pool_size):
+        colour = recipe.mark_colours[rng.integers(len(recipe.mark_colours))]
+        shape = recipe.mark_shapes[rng.integers(len(recipe.mark_shapes))]
+        images[i], scene = render(rng, recipe.domain, colour, shape)
+        scenes.append(scene)
+    return images, scenes
+
+
+def learning_rate(recipe: PretrainRecipe, step: int) -> float:
+    """Linear warmup to ``lr`` then cosine decay to 0."""
+    if step < recipe.warmup_steps:
+        return recipe.lr * (step + 1) / recipe.warmup_steps
+    progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+    return 0.5 * recipe.lr * (1 + math.cos(math.pi * progress))
+
+
+def pretrain(recipe: PretrainRecipe = DEFAULT_RECIPE, log: Optional[Callable[[str], None]] = print, log_every: int = 100):
+    """Train a tiny CLIP from scratch with ``recipe``; returns (model in eval mode, history dict of per-step losses)."""
+    rng = np.random.default_rng(recipe.seed)
+    started = time.time()
+    images, scenes = render_pool(recipe, rng)
+    if log:
+        log(f"[tinybench] rendered {len(images)} pretraining images in {time.time() - started:.1f}s")
+    model = build_tiny_clip(seed=recipe.seed, **dict(recipe.arch)).train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr
+    )
+    torch_generator = torch.Generator().manual_seed(recipe.seed)
+    order = torch.randperm(len(images), generator=torch_generator)
+    cursor = 0
+    losses = []
+    for step in range(recipe.steps):
+        if cursor + recipe.batch_size > len(order):
+            order, cursor = torch.randperm(len(images), generator=torch_generator), 0
+        index = order[cursor : cursor + recipe.batch_size].numpy()
+        cursor += recipe.batch_size
+        batch = to_model_input(images[index])
+        tokens = tokenize_trimmed(caption(rng, scenes[i]) for i in index)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(recipe, step)
+        loss = contrastive_loss(model, batch, tokens, recipe.max_logit_scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if log and (step % log_every == 0 or step == recipe.steps - 1):
+            recent = np.mean(losses[-log_every:])
+            log(f"[tinybench] pretrain step {step + 1}/{recipe.steps} loss {recent:.3f} ({time.time() - started:.0f}s)")
+    history: Dict[str, object] = {"loss": losses, "wall_time_s": time.time() - started}
+    return model.eval(), history
+
+
+def save_pretrained(model, history: Dict[str, object], recipe: PretrainRecipe, path: str) -> str:
+    """Write the checkpoint (atomic, via save_tiny_clip) and a JSON sidecar with the recipe digest and final loss."""
+    save_tiny_clip(model, path)
+    sidecar = {
+        "recipe_digest": recipe.digest(),
+        "recipe": dataclasses.asdict(recipe),
+        "final_loss": float(np.mean(history["loss"][-50:])),
+        "first_loss": float(history["loss"][0]),
+        "wall_time_s": history["wall_time_s"],
+    }
+    tmp = f"{path}.json.tmp{os.getpid()}"
+    with open(tmp, "w") as handle:
+        json.dump(sidecar, handle, indent=1, default=str)
+    os.replace(tmp, f"{path}.json")
+    return path
+
+
+def is_pretrained(path: str, recipe: PretrainRecipe = DEFAULT_RECIPE) -> bool:
+    """True when ``path`` holds a checkpoint made with ``recipe`` (same digest in its sidecar)."""
+    try:
+        with open(f"{path}.json") as handle:
+            return os.path.isfile(path) and json.load(handle).get("recipe_digest") == recipe.digest()
+    except (OSError, ValueError):
+        return False
