@@ -1,0 +1,157 @@
+"""clipkit/sweep.py (scripts/run_all.sh): planning, failure reports, parallel GPU slots, and a real two-method sweep."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import output_parser
+from clipkit import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Stands in for train.py in the fast tests: trainer "Good" writes results.json, "Bad" crashes like Python does.
+FAKE_TRAIN = textwrap.dedent(
+    """
+    import argparse, json, os, sys
+    parser = argparse.ArgumentParser()
+    for flag in ("--root", "--seed", "--trainer", "--dataset-config-file", "--config-file", "--output-dir"):
+        parser.add_argument(flag)
+    parser.add_argument("--eval-only", action="store_true")
+    parser.add_argument("opts", nargs="*")
+    args = parser.parse_args()
+    with open(os.environ["FAKE_TRAIN_CALLS"], "a") as calls:
+        calls.write(json.dumps({"trainer": args.trainer, "seed": args.seed, "eval_only": args.eval_only,
+                                "opts": args.opts, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\\n")
+    if args.trainer == "Bad":
+        sys.stderr.write("Traceback (most recent call last):\\n  File 'x.py', line 1\\n"
+                         "ValueError: DATASET.ROOT /nope has no images\\n")
+        sys.exit(1)
+    with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
+        json.dump({"accuracy_last": 50.0 + int(args.seed), "accuracy_best": 60.0, "epochs": []}, handle)
+    """
+)
+
+
+def write_configs(root, trainers, datasets, overrides=None):
+    """configs/datasets/<key>.yaml and configs/trainers/<M>/<backbone>.yaml files under ``root``."""
+    for key in datasets:
+        os.makedirs(os.path.join(root, "datasets"), exist_ok=True)
+        with open(os.path.join(root, "datasets", f"{key}.yaml"), "w") as handle:
+            handle.write(datasets[key])
+    for method, backbones in trainers.items():
+        os.makedirs(os.path.join(root, "trainers", method), exist_ok=True)
+        for backbone, text in backbones.items():
+            with open(os.path.join(root, "trainers", method, f"{backbone}.yaml"), "w") as handle:
+                handle.write(text)
+    for method, text in (overrides or {}).items():
+        with open(os.path.join(root, "trainers", method, sweep.OVERRIDES_FILE), "w") as handle:
+            handle.write(text)
+    return str(root)
+
+
+def test_plan_defaults_overrides_eval_only_and_skips(tmp_path):
+    configs = write_configs(
+        tmp_path / "configs",
+        trainers={"Micro": {"vit_b32": "", "tiny": ""}, "Zero": {"vit_b32": ""}, "NoB32": {"tiny": ""}},
+        datasets={"dtd": "", "food101": "", "tiny": ""},
+        overrides={"Micro": "food101: [OPTIM.LR, 1.0e-6]\nfood-101: [OPTIM.LR, 1.0]\n"},
+    )
+    available = sweep.dataset_keys(configs)
+    assert sweep.select_datasets([], available, "vit_b32") == ["dtd", "food101"]  # tiny only for the tiny backbone
+    assert sweep.select_datasets([], available, "tiny") == ["tiny"]
+    with pytest.raises(sweep.SweepError, match="no configs/datasets/<key>.yaml for \\['cars'\\]"):
+        sweep.select_datasets(["cars"], available, "vit_b32")
+    registered = {"Micro": False, "Zero": True, "NoB32": False}
+    assert sweep.select_methods([], registered) == ["Micro", "NoB32", "Zero"]
+    with pytest.raises(sweep.SweepError, match="not registered"):
+        sweep.select_methods(["Typo"], registered)
+
+    out = tmp_path / "out"
+    finished = out / "vit_b32" / "dtd" / "Zero" / "seed2"
+    finished.mkdir(parents=True)
+    (finished / "results.json").write_text("{}")
+    plan = sweep.plan_sweep("vit_b32", ["Micro", "NoB32", "Zero"], registered, ["dtd", "food101"], [1, 2], configs,
+                            "/data", str(out), "py", "train.py")
+    assert [job.name for job in plan.jobs] == [
+        "Micro/dtd/seed1", "Micro/dtd/seed2", "Micro/food101/seed1", "Micro/food101/seed2",
+        "Zero/dtd/seed1", "Zero/food101/seed1", "Zero/food101/seed2"]
+    assert plan.finished == [str(finished)]
+    assert any("skipped NoB32" in note and "vit_b32.yaml" in note for note in plan.notes)
+    assert any("'food-101' is not a dataset config" in note for note in plan.notes)
+    jobs = {job.name: job for job in plan.jobs}
+    food = jobs["Micro/food101/seed2"].command
+    assert food[:2] == ("py", "train.py") and food[-2:] == ("OPTIM.LR", "1e-06")
+    assert food[food.index("--output-dir") + 1] == str(out / "vit_b32" / "food101" / "Micro" / "seed2")
+    assert food[food.index("--config-file") + 1] == os.path.join(configs, "trainers", "Micro", "vit_b32.yaml")
+    assert "--eval-only" not in food and "OPTIM.LR" not in jobs["Micro/dtd/seed1"].command
+    assert "--eval-only" in jobs["Zero/dtd/seed1"].command
+
+
+def test_bad_overrides_file_names_path_and_fix(tmp_path):
+    path = tmp_path / "dataset_overrides.yaml"
+    path.write_text("food101: [OPTIM.LR]\n")
+    with pytest.raises(sweep.SweepError, match=r"dataset_overrides.yaml: entry 'food101' must be a list of yacs"):
+        sweep.load_dataset_overrides(str(path), ["food101"])
+    path.write_text("- food101\n")
+    with pytest.raises(sweep.SweepError, match="expected a mapping"):
+        sweep.load_dataset_overrides(str(path), ["food101"])
+
+
+def test_first_error_line():
+    traceback = ("Traceback (most recent call last):\n  File \"t.py\", line 3, in <module>\n    f()\n"
+                 "KeyError: 'OPTIM.LRR'\n\nDuring handling of the above exception, another exception occurred:\n"
+                 "Traceback (most recent call last):\ntorch.OutOfMemoryError: CUDA out of memory\n")
+    assert sweep.first_error_line(traceback, 1) == "KeyError: 'OPTIM.LRR'"
+    assert sweep.first_error_line("some warning\nlast words\n", 3) == "last words"
+    assert sweep.first_error_line("", -9) == "killed by SIGKILL (out of memory?)"
+    assert "empty stderr" in sweep.first_error_line("", 2)
+
+
+def test_run_jobs_parallel_failure_report_and_rerun(tmp_path):
+    configs = write_configs(tmp_path / "configs", trainers={"Good": {"vit_b32": ""}, "Bad": {"vit_b32": ""}},
+                            datasets={"dtd": ""})
+    train = tmp_path / "fake_train.py"
+    train.write_text(FAKE_TRAIN)
+    calls = tmp_path / "calls.jsonl"
+    env = dict(os.environ, FAKE_TRAIN_CALLS=str(calls))
+    out = tmp_path / "out"
+
+    def plan():
+        return sweep.plan_sweep("vit_b32", ["Good", "Bad"], {"Good": False, "Bad": True}, ["dtd"], [1, 2], configs,
+                                "/data", str(out), sys.executable, str(train))
+
+    lines = []
+    outcomes = sweep.run_jobs(plan().jobs, ["0", "1"], env, log=lines.append)
+    assert sorted((o.job.name, o.ok) for o in outcomes) == [
+        ("Bad/dtd/seed1", False), ("Bad/dtd/seed2", False), ("Good/dtd/seed1", True), ("Good/dtd/seed2", True)]
+    assert {o.error for o in outcomes if not o.ok} == {"ValueError: DATASET.ROOT /nope has no images"}
+    recorded = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert {r["gpu"] for r in recorded} <= {"0", "1"} and len(recorded) == 4
+    assert all(r["eval_only"] == (r["trainer"] == "Bad") for r in recorded)
+    assert "4 done / 0 running / 0 left of 4" in lines[-1]
+    failed = out / "vit_b32" / "dtd" / "Bad" / "seed1" / "failed.txt"
+    report = failed.read_text()
+    assert "exit code: 1" in report and "--eval-only" in report and "Traceback" in report
+    run = output_parser.read_run(str(failed.parent))
+    assert (run.status, run.error) == ("failed", "ValueError: DATASET.ROOT /nope has no images")
+
+    # second pass: finished runs are skipped, failed ones retried; a fix clears failed.txt
+    second = plan()
+    assert sorted(job.name for job in second.jobs) == ["Bad/dtd/seed1", "Bad/dtd/seed2"]
+    fixed = [job for job in second.jobs if job.seed == 1]
+    fixed = [sweep.Job(j.method, j.dataset, j.seed, j.run_dir, tuple("Good" if c == "Bad" else c for c in j.command))
+             for j in fixed]
+    assert all(o.ok for o in sweep.run_jobs(fixed, [], env, log=lines.append))
+    assert not failed.exists()
+    assert len(calls.read_text().splitlines()) == 5
+
+
+def test_cli_errors_name_the_fix(tmp_path):
+    configs = write_configs(tmp_path / "configs", trainers={}, datasets={"dtd": ""})
+    run = subprocess.run(["bash", os.path.join(REPO, "scripts", "run_all.sh"), "vit_b32", "--configs-root", configs,
+                          "--dry-run"], capture_output=True, text=True, cwd=str(tmp_path))
+    assert run.returncode == 2 and "--data-root DIR is required" in run.stderr
