@@ -51,3 +51,17 @@ def tiny_image_folder(tmp_path):
         for i in range(6):
             write_image(str(tmp_path / "images" / name / f"{i}.jpg"), rng, color=color)
     return str(tmp_path), classnames
+
+
+def write_descriptions(root, classnames, per_class=3):
+    """Write ``<root>/descriptions.json`` (CuPL format: class name -> sentences), ``per_class`` sentences per class."""
+    import json
+
+    sentences = {
+        name: [f"A photo of {name}, sentence {i + 1} of {per_class} about its look." for i in range(per_class)]
+        for name in classnames
+    }
+    path = os.path.join(str(root), "descriptions.json")
+    with open(path, "w") as handle:
+        json.dump(sentences, handle, indent=2)
+    return path

@@ -1,0 +1,284 @@
+"""``CLIPTrainer``: the base class of every method (a Dassl ``TrainerX``).
+
+It adds to Dassl's trainer:
+  * ``load_clip()``: the backbone named by MODEL.BACKBONE.NAME (cache MODEL.BACKBONE.DOWNLOAD_ROOT), on ``self.device``;
+  * text resources: ``dataset_key``, ``classnames``, ``templates()``, ``descriptions()``;
+  * ``log_epoch_metrics(dict)``: tensorboard ``epoch/<key>`` scalars, kept for ``results.json``;
+  * optional test evaluation after every epoch (TEST.EVAL_EVERY_EPOCH or the class attribute ``eval_every_epoch``):
+    ``accuracy`` per epoch, ``accuracy_best`` = the best epoch with ``best_is_test_selection`` true;
+  * ``results.json`` (clipkit/results.py) after the final ``test()``, also for eval-only (training-free) runs.
+
+Per-epoch records, training time and peak memory are kept in ``OUTPUT_DIR/run_record.json`` (rewritten after each
+epoch), so that a resumed run reports the epochs done before the interruption and a finished run re-launched into
+the same folder (Dassl resumes it: no epoch is trained, the final test runs again) rewrites an identical
+``results.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import os.path as osp
+import resource
+import sys
+import time
+from typing import Dict, List, Optional
+
+import torch
+
+from clipkit import results as results_io
+from clipkit.config import cfg_extension
+from clipkit.dassl import TrainerX
+
+RUN_RECORD_FILE = "run_record.json"
+
+
+@cfg_extension
+def _add_trainer_base_cfg(cfg):
+    # Evaluate on the test split after every epoch and report the best epoch (accuracy_best, selected on test:
+    # best_is_test_selection=true). Methods whose paper reports it set the class attribute eval_every_epoch.
+    cfg.TEST.EVAL_EVERY_EPOCH = False
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA max allocated memory on a GPU device, else the process's max resident set size (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return max_rss / 2**20 if sys.platform == "darwin" else max_rss / 2**10
+
+
+class CLIPTrainer(TrainerX):
+    """Base of every CLIP method; subclasses implement ``build_model`` (and ``forward_backward`` when training)."""
+
+    # True: evaluate on the test split after every epoch (OR-ed with TEST.EVAL_EVERY_EPOCH).
+    eval_every_epoch = False
+    # True for methods that never train (run with train.py --eval-only).
+    training_free = False
+
+    def __init__(self, cfg):
+        self._epoch_records: List[Dict] = []
+        self._train_time_s = 0.0
+        self._peak_memory_mb = 0.0
+        self._epochs_trained_now = 0
+        self._last_eval: Optional[Dict] = None
+        self._last_eval_time_s = 0.0
+        self._run_record_final: Optional[Dict] = None
+        super().__init__(cfg)
+        self._wrap_evaluator()
+
+    # ------------------------------------------------------------------------------------------------- backbone
+    def load_clip(self):
+        """``clipkit.clip.load_clip(MODEL.BACKBONE.NAME, MODEL.BACKBONE.DOWNLOAD_ROOT)`` in fp32 on ``self.device``."""
+        from clipkit.clip import load_clip
+
+        name = self.cfg.MODEL.BACKBONE.NAME
+        if not name:
+            raise ValueError("MODEL.BACKBONE.NAME is empty: set it to a CLIP name (e.g. ViT-B/32) or checkpoint path")
+        return load_clip(name, self.cfg.MODEL.BACKBONE.DOWNLOAD_ROOT).to(self.device)
+
+    # -------------------------------------------------------------------------------------------- text resources
+    @property
+    def dataset_key(self) -> str:
+        dataset = self.dm.dataset
+        key = getattr(dataset, "dataset_key", "")
+        if not key:
+            raise AttributeError(
+                f"Dataset reader {type(dataset).__name__} has no `dataset_key` class attribute; set it to the stem of "
+                f"its configs/datasets/<key>.yaml (docs/architecture.md, Datasets)."
+            )
+        return key
+
+    @property
+    def classnames(self) -> List[str]:
+        """Class names in label order (prompt-ready spellings)."""
+        return list(self.dm.dataset.classnames)
+
+    def templates(self) -> List[str]:
+        """The reader's own ``templates`` attribute if it has one, else ``clipkit.text.get_templates(dataset_key)``."""
+        own = getattr(self.dm.dataset, "templates", None)
+        if own:
+            return list(own)
+        from clipkit.text import get_templates
+
+        return list(get_templates(self.dataset_key))
+
+    def descriptions(self) -> Dict[str, List[str]]:
+        """{classname: [sentence, ...]} from ``clipkit.text.resolve_descriptions(cfg, dataset)`` (DATASET.DESCRIPTIONS)."""
+        from clipkit.text import resolve_descriptions
+
+        return resolve_descriptions(self.cfg, self.dm.dataset)
+
+    # ------------------------------------------------------------------------------------------- epoch metrics
+    @property
+    def evaluates_every_epoch(self) -> bool:
+        return bool(self.eval_every_epoch or self.cfg.TEST.get("EVAL_EVERY_EPOCH", False))
+
+    def log_epoch_metrics(self, metrics: Dict[str, float]) -> None:
+        """Write ``epoch/<key>`` scalars at step ``self.epoch`` and keep them in the record of epoch ``self.epoch + 1``
+        (several calls in one epoch merge)."""
+        epoch_number = self.epoch + 1
+        record = next((r for r in self._epoch_records if r["epoch"] == epoch_number), None)
+        if record is None:
+            record = {"epoch": epoch_number}
+            self._epoch_records.append(record)
+        for key, value in metrics.items():
+            value = float(value.item() if isinstance(value, torch.Tensor) else value)
+            record[key] = value
+            self.write_scalar(f"epoch/{key}", value, self.epoch)
+
+    @property
+    def epoch_records(self) -> List[Dict]:
+        return [dict(r) for r in self._epoch_records]
+
+    # --------------------------------------------------------------------------------------- evaluation capture
+    def _wrap_evaluator(self) -> None:
+        """Keep the full result dict, the predictions and the duration (reset -> evaluate, i.e. one ``test()``, also
+        when a method overrides ``test``) of every evaluation."""
+        evaluator = self.evaluator
+        reset, evaluate = evaluator.reset, evaluator.evaluate
+
+        def reset_and_time():
+            self._eval_start = time.time()
+            return reset()
+
+        def evaluate_and_keep():
+            results = evaluate()
+            self._last_eval_time_s = time.time() - getattr(self, "_eval_start", time.time())
+            self._last_eval = {
+                "results": dict(results),
+                "y_true": list(getattr(evaluator, "_y_true", [])),
+                "y_pred": list(getattr(evaluator, "_y_pred", [])),
+            }
+            return results
+
+        evaluator.reset = reset_and_time
+        evaluator.evaluate = evaluate_and_keep
+
+    # ----------------------------------------------------------------------------------------------- train hooks
+    def before_train(self):
+        super().before_train()  # resumes from RESUME / OUTPUT_DIR
+        record = self._read_run_record()
+        if record is not None and self.start_epoch > 0:
+            self._epoch_records = [r for r in record.get("epochs", []) if r["epoch"] <= self.start_epoch]
+            self._train_time_s = float(record.get("train_time_s", 0.0))
+            self._peak_memory_mb = float(record.get("peak_memory_mb", 0.0))
+            self._run_record_final = record.get("final")
+
+    def before_epoch(self):
+        super().before_epoch()
+        self._epoch_start = time.time()
+
+    def after_epoch(self):
+        if self.evaluates_every_epoch:
+            # Before Dassl's after_epoch so that checkpoints are written after the epoch's metrics exist.
+            self.log_epoch_metrics({"accuracy": self.test(split="test")})
+        super().after_epoch()
+        self._train_time_s += time.time() - self._epoch_start
+        self._peak_memory_mb = max(self._peak_memory_mb, peak_memory_mb(self.device))
+        self._epochs_trained_now += 1
+        self._write_run_record(final=None)
+
+    def after_train(self):
+        super().after_train()  # Finish training, deploy, final test(), Elapsed
+        if not self.cfg.TEST.NO_TEST:
+            self.write_results()
+
+    # ---------------------------------------------------------------------------------------------- run record
+    def _run_record_path(self) -> str:
+        return osp.join(self.output_dir, RUN_RECORD_FILE)
+
+    def _read_run_record(self) -> Optional[Dict]:
+        path = self._run_record_path()
+        if not osp.isfile(path):
+            return None
+        try:
+            return results_io.read_json_file(path)
+        except ValueError as err:
+            print(f"Ignoring unreadable {path} ({err})")
+            return None
+
+    def _write_run_record(self, final: Optional[Dict]) -> None:
+        record = {
+            "epochs": self._epoch_records,
+            "train_time_s": self._train_time_s,
+            "peak_memory_mb": self._peak_memory_mb,
+            "final": final,
+        }
+        results_io.atomic_write_json(record, self._run_record_path())
+
+    # ---------------------------------------------------------------------------------------------- results.json
+    def extra_results(self) -> Dict:
+        """Method-specific additions to results.json (must not reuse schema keys)."""
+        summary = getattr(self, "run_summary", None)
+        return {"run_summary": summary()} if callable(summary) and summary() else {}
+
+    def write_results(self) -> str:
+        """Write ``OUTPUT_DIR/<TEST.RESULTS_FILE>`` from the last ``test()`` (call it after the final test)."""
+        if self._last_eval is None:
+            raise RuntimeError("write_results() needs a finished test(): call trainer.test() first")
+        cfg = self.cfg
+        results = self._last_eval["results"]
+        y_true, y_pred = self._last_eval["y_true"], self._last_eval["y_pred"]
+        accuracy_last = float(results["accuracy"])
+
+        tested = [r for r in self._epoch_records if "accuracy" in r]
+        if self.evaluates_every_epoch and tested:
+            best = max(tested, key=lambda r: r["accuracy"])  # first epoch wins a tie
+            accuracy_best, best_epoch, test_selection = best["accuracy"], best["epoch"], True
+        else:
+            accuracy_best, best_epoch, test_selection = accuracy_last, self._deployed_epoch(), False
+
+        final = self._run_record_final if self._epochs_trained_now == 0 else None
+        if final is None:
+            final = {
+                "wall_time_s": self._train_time_s + self._last_eval_time_s,
+                "peak_memory_mb": max(self._peak_memory_mb, peak_memory_mb(self.device)),
+            }
+            self._run_record_final = final
+            self._write_run_record(final=final)
+
+        data = {
+            "method": cfg.TRAINER.NAME,
+            "dataset": self._dataset_key_or_name(),
+            "backbone": cfg.MODEL.BACKBONE.NAME,
+            "seed": cfg.SEED,
+            "accuracy_last": accuracy_last,
+            "accuracy_best": float(accuracy_best),
+            "best_epoch": best_epoch,
+            "best_is_test_selection": test_selection,
+            "macro_f1": float(results["macro_f1"]),
+            "per_class_accuracy": self._per_class_accuracy(y_true, y_pred),
+            "num_test": len(y_true),
+            "config_digest": results_io.config_digest(cfg),
+            "wall_time_s": float(final["wall_time_s"]),
+            "peak_memory_mb": float(final["peak_memory_mb"]),
+            "epochs": self.epoch_records,
+        }
+        for key, value in self.extra_results().items():
+            if key in data:
+                raise KeyError(f"{type(self).__name__}.extra_results() reuses the schema key {key!r}")
+            data[key] = value
+        path = osp.join(self.output_dir, cfg.TEST.RESULTS_FILE)
+        results_io.write_results(data, path)
+        print(f"Results written to {path}")
+        return path
+
+    def _deployed_epoch(self) -> int:
+        """Epochs behind the deployed model: MAX_EPOCH after training, 0 for an eval-only run in a fresh folder."""
+        trained = bool(self._epoch_records) or self._epochs_trained_now > 0 or self.start_epoch > 0
+        return int(self.max_epoch) if trained and not self.training_free else 0
+
+    def _dataset_key_or_name(self) -> str:
+        return getattr(self.dm.dataset, "dataset_key", "") or self.cfg.DATASET.NAME
+
+    def _per_class_accuracy(self, y_true, y_pred) -> Dict[str, float]:
+        """{classname: accuracy %} over the test labels present, in label order."""
+        totals, correct = {}, {}
+        for truth, pred in zip(y_true, y_pred):
+            totals[truth] = totals.get(truth, 0) + 1
+            correct[truth] = correct.get(truth, 0) + int(truth == pred)
+        names = self.lab2cname
+        return {str(names.get(label, label)): 100.0 * correct[label] / totals[label] for label in sorted(totals)}
+
+
+__all__ = ["CLIPTrainer", "RUN_RECORD_FILE", "peak_memory_mb"]
