@@ -1,0 +1,504 @@
+"""microCLIP: unsupervised fine-grained adaptation of CLIP (Silva et al., arXiv 2510.02270), Dassl trainer ``MicroCLIP``.
+
+Per training step (Algorithm 1), on a batch of unlabeled images (uint8 from the loader, normalised on the device):
+
+* no gradient: the weak view gives the [CLS] feature g_w and (NCut -> SOAP) the [FG] feature l_w; the N crops go
+  through the encoder in one batched pass; pseudo-labels ``argmax gamma * s(f_agg, W_LLM) + (1-gamma) * TF(x, W*)``
+  on raw cosines (Eqs. 9-13);
+* with gradient: the strong view's TokenFusion logits ``0.5 * 100 cos(CLS, W*) + 0.5 * 100 cos(FG, W*)`` (Eq. 8)
+  trained with CE on the pseudo-labels plus the fairness term (Eq. 14, L_reg).
+
+Trainable: the vision LayerNorm affines, W*_LLM and the SOAP projections (nothing else; the text tower is dropped
+after the classifiers are built). Test: fused logits of the test view. Defaults follow the official code's numerics
+(see docs/deviations/microclip.md); every paper variant and every ablation row is a switch of TRAINER.MICROCLIP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Dict, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import transforms as T
+from torchvision.transforms.functional import pil_to_tensor
+
+from clipkit.blocks.fusion import PL_FUSION_MODES, cosine_scores, token_fusion_scores
+from clipkit.blocks.losses import microclip_loss
+from clipkit.blocks.multicrop import aggregate_views, sample_square_crops
+from clipkit.blocks.ncut import (
+    NCUT_VARIANTS,
+    SIGN_RULES,
+    mask_size_statistics,
+    ncut_mask,
+    summarize_mask_statistics,
+)
+from clipkit.blocks.patch_tap import encode_image_normalized, encode_image_tapped, vision_width
+from clipkit.blocks.pseudo_labels import dynamic_knowledge_aggregation
+from clipkit.blocks.soap import FG_TOKEN_MODES, QUERY_MODES, SINK_MODES, SaliencyAttentionPool, project_fg_token
+from clipkit.blocks.text_classifier import (
+    classifier_from_templates,
+    description_embeddings,
+    mean_classifier,
+    weighted_classifier,
+)
+from clipkit.config import CN, cfg_extension
+from clipkit.dassl import INTERPOLATION_MODES, TRAINER_REGISTRY, DataManager, build_optimizer
+from clipkit.trainer_base import CLIPTrainer
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CROP_MODES = ("random", "center")
+PRIOR_VIEWS = ("multi", "single")
+PRIOR_CLASSIFIERS = ("fixed", "learnable")
+W_LLM_INITS = ("similarity_weighted", "mean", "handcrafted")
+W_STAR_INITS = ("descriptions", "handcrafted")
+HANDCRAFTED_NORMS = ("frobenius", "per_prompt")
+
+
+@cfg_extension
+def _add_microclip_cfg(cfg):
+    node = CN()
+    # gamma of Eq. 13: weight of the multi-view prior s(f_agg, W_LLM) against TokenFusion(x, W*) in the pseudo-labels
+    # (1 = prior only, 0 = TokenFusion only; Table 4, Fig. 5).
+    node.GAMMA = 0.5
+    # N of Eq. 9: random square crops per image for the multi-view prior (Fig. 6).
+    node.N_CROPS = 8
+    # (a, b) of Eq. 9: crop side ~ U(a, b) * short side of the original image (WCA's alpha, beta).
+    node.CROP_SIDE_RANGE = (0.5, 0.9)
+    # Temperature of the crop weights softmax_i(t * cos(f(x), f(x_i))) (Eq. 10; official: 1, no scaling).
+    node.CROP_TEMPERATURE = 1.0
+    # Fixed scale of the cosine logits in the loss and at test (official 100; not CLIP's learned logit_scale).
+    node.LOGIT_SCALE = 100.0
+    # Weight of the [CLS] logits in TokenFusion for the loss and the test logits (Eq. 8: 0.5; Table 7: 1.0 = global
+    # logits only, 0.0 = local logits only; official --fusion_ratio).
+    node.FUSION_CLS_WEIGHT = 0.5
+    # Weight of the self-training cross-entropy L_st (Eq. 14; official ce_weight).
+    node.CE_WEIGHT = 1.0
+    # Weight of the fairness regulariser L_reg (Sec. 3.4; official fairness_weight).
+    node.FAIRNESS_WEIGHT = 1.0
+    # L_reg's class marginal: p_bar = m * sg(p_bar_prev) + (1 - m) * batch mean, restarted each epoch (official 0.5;
+    # 0.0 = the paper's plain batch mean).
+    node.FAIRNESS_MOMENTUM = 0.5
+    # L_reg multiplier (official divides by 0.5 -> 2.0; the paper's form is 1.0).
+    node.FAIRNESS_SCALE = 2.0
+    # Floor of the per-iteration cosine LR schedule (official: 2 x --min_lr 1e-6 = 2e-6; no warmup). With OPTIM.LR
+    # below it the LR rises to it, as the official code does.
+    node.MIN_LR = 2e-6
+    # Autocast precision on the device: "fp32" (official default, no autocast), "bf16", "fp16" (with a GradScaler).
+    node.PREC = "fp32"
+    # Crop of the weak (pseudo-labelling) view after the short-side resize: "random" (official RandomCrop) or
+    # "center" (paper, Supp. A.2).
+    node.WEAK_CROP = "random"
+    # Crop of test images after the short-side resize: "center" (CLIP protocol, our default) or "random" (official,
+    # which reuses the weak transform and makes evaluation stochastic).
+    node.TEST_CROP = "center"
+    # Strong view (official timm create_transform): RandomResizedCrop area range, then h-flip, then RandAugment.
+    node.STRONG_RRC_SCALE = (0.3, 1.0)
+    # Probability of the horizontal flip of the strong view (timm default 0.5).
+    node.STRONG_HFLIP = 0.5
+    # timm RandAugment policy string of the strong view (official "rand-m9-mstd0.5-inc1").
+    node.STRONG_RANDAUGMENT = "rand-m9-mstd0.5-inc1"
+    # After every epoch, log test accuracy of the fused / [CLS] / [FG] logits and NCut mask sizes (one test pass;
+    # the official code evaluates every epoch too). Reported accuracy stays the last epoch's.
+    node.EPOCH_TEST_METRICS = True
+
+    node.PL = CN()
+    # Views of the prior term: "multi" (softmax-weighted crops, Eqs. 9-12) or "single" (the weak view's [CLS];
+    # Tables 2 and 4 "single-view alignment PL").
+    node.PL.PRIOR_VIEWS = "multi"
+    # Classifier of the prior term: "fixed" (frozen W_LLM) or "learnable" (shared W*; Tables 2 and 4 "shared").
+    node.PL.PRIOR_CLASSIFIER = "fixed"
+    # TokenFusion inside the pseudo-labeler: "feature" (official: normalize(w g + (1-w) l) . W*) or "logit" (paper
+    # Eqs. 8/13: w s(g, W*) + (1-w) s(l, W*)).
+    node.PL.FUSION = "feature"
+    # [CLS] weight w of that fusion (hard-coded 0.5 officially, independent of FUSION_CLS_WEIGHT).
+    node.PL.FUSION_CLS_WEIGHT = 0.5
+
+    node.NCUT = CN()
+    # "official" (raw dot-product affinity, L_sym eigenvector, std threshold) or "tokencut" (cosine affinity,
+    # generalized eigenvector, mean threshold; paper Supp. D).
+    node.NCUT.VARIANT = "official"
+    # "official" (invert the mask when the max-|z| token is outside it; sign-dependent with the std threshold) or
+    # "canonical" (fix the eigenvector sign first).
+    node.NCUT.SIGN_RULE = "official"
+    # Affinity threshold: A_ij = 1 if s_ij > TAU else EPS (official 0.2, as TokenCut).
+    node.NCUT.TAU = 0.2
+    # Affinity value below TAU, and the regulariser of 1 / (sqrt(d) + EPS) (official 1e-6).
+    node.NCUT.EPS = 1e-6
+
+    node.SOAP = CN()
+    # Query of the attention pooling: "ncut_mean" (q_sal, Eq. 4), "token_mean" or "random_token" (Table 3).
+    node.SOAP.QUERY = "ncut_mean"
+    # [FG] token: "soap" (Eq. 5), "ncut_mean" or "token_mean" (Table 3 rows without attention pooling).
+    node.SOAP.FG_TOKEN = "soap"
+    # Empty token appended to keys/values: "zero" (official fixed zero vector), "learnable" (official
+    # --use_unr_token), "none".
+    node.SOAP.SINK = "zero"
+
+    node.CLASSIFIER = CN()
+    # Frozen W_LLM: "similarity_weighted" (official: normalize(sum_j cos(e_cj, t_c) e_cj), t_c the template ensemble),
+    # "mean" (paper Alg. 1: plain mean of the description embeddings), "handcrafted" (t_c; Table 5 "both").
+    node.CLASSIFIER.W_LLM = "similarity_weighted"
+    # Initial W*: "descriptions" (plain mean of description embeddings) or "handcrafted" (t_c; Table 5).
+    node.CLASSIFIER.W_STAR = "descriptions"
+    # Template ensemble t_c: "frobenius" (official: raw prompt embeddings averaged) or "per_prompt" (CLIP's).
+    node.CLASSIFIER.HANDCRAFTED_NORM = "frobenius"
+    cfg.TRAINER.MICROCLIP = node
+
+
+# --------------------------------------------------------------------------------------------------- transforms
+def view_transform(size, interpolation: str, crop: str):
+    """PIL -> (3, H, W) uint8: short side resized to max(size), then a random or centre crop of ``size``."""
+    cropper = T.RandomCrop(size) if crop == "random" else T.CenterCrop(size)
+    return T.Compose([T.Resize(max(size), interpolation=INTERPOLATION_MODES[interpolation]), cropper, T.PILToTensor()])
+
+
+def strong_transform(size, rrc_scale, hflip: float, randaugment: str):
+    """PIL -> (3, H, W) uint8: timm RandomResizedCrop(scale) + flip + RandAugment, bicubic, fill 0 (official)."""
+    from timm.data.transforms_factory import transforms_imagenet_train
+
+    return transforms_imagenet_train(
+        tuple(size), scale=tuple(rrc_scale), hflip=hflip, color_jitter=0.0, auto_augment=randaugment,
+        interpolation="bicubic", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), use_prefetcher=True,
+    )
+
+
+class MultiCropTransform:
+    """PIL -> (N, 3, S, S) uint8 square crops of the original image (Eq. 9), resized bicubically to S."""
+
+    def __init__(self, num_crops: int, side_range, out_size: int):
+        self.num_crops, self.side_range, self.out_size = num_crops, tuple(side_range), out_size
+
+    def __call__(self, image):
+        return sample_square_crops(pil_to_tensor(image), self.num_crops, self.side_range, self.out_size)
+
+    def __repr__(self):
+        return f"MultiCropTransform(num_crops={self.num_crops}, side_range={self.side_range}, out_size={self.out_size})"
+
+
+# --------------------------------------------------------------------------------------------------------- model
+class TokenFeatures(NamedTuple):
+    """Unit-norm (B, D) [CLS] and [FG] features of one view; ``fg`` / ``mask`` (B, n) are None when not computed."""
+
+    cls: torch.Tensor
+    fg: Optional[torch.Tensor]
+    mask: Optional[torch.Tensor]
+
+
+class MicroCLIPNet(nn.Module):
+    """CLIP's vision tower + SOAP + the two-headed classifier (frozen W_LLM buffer, learnable W* parameter)."""
+
+    def __init__(self, visual: nn.Module, w_llm: torch.Tensor, w_star: torch.Tensor, node, pixel_mean, pixel_std):
+        super().__init__()
+        self.visual = visual
+        self.soap = SaliencyAttentionPool(vision_width(visual), node.SOAP.QUERY, node.SOAP.FG_TOKEN, node.SOAP.SINK)
+        self.w_star = nn.Parameter(w_star.detach().clone())  # (C, D) W*_LLM; rows normalised where used
+        self.register_buffer("w_llm", w_llm.detach().clone())  # (C, D) frozen W_LLM, unit rows
+        # uint8 -> normalised: (x - 255 mean) / (255 std), done on the device
+        self.register_buffer("pixel_mean", 255.0 * torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("pixel_std", 255.0 * torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.ncut_options = dict(variant=node.NCUT.VARIANT, tau=node.NCUT.TAU, eps=node.NCUT.EPS,
+                                 sign_rule=node.NCUT.SIGN_RULE)
+        self.logit_scale = node.LOGIT_SCALE
+        self.fusion_cls_weight = node.FUSION_CLS_WEIGHT
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 (or float in [0, 255]) -> CLIP-normalised float."""
+        return (images.float() - self.pixel_mean) / self.pixel_std
+
+    def encode(self, images: torch.Tensor, with_fg: bool = True) -> TokenFeatures:
+        """(B, 3, H, W) uint8 -> [CLS] feature and, if asked, the NCut mask and [FG] feature (Eqs. 1-6)."""
+        tap = encode_image_tapped(self.visual, self.preprocess(images), return_patch_tokens=with_fg)
+        if not with_fg:
+            return TokenFeatures(tap.cls_feature, None, None)
+        mask = ncut_mask(tap.patch_tokens, **self.ncut_options) if self.soap.uses_mask else None
+        pooled, _ = self.soap(tap.patch_tokens, mask)
+        return TokenFeatures(tap.cls_feature, project_fg_token(pooled, self.visual.proj), mask)
+
+    def encode_crops(self, crops: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3, S, S) uint8 -> (B, N, D) unit [CLS] features, one batched encoder pass."""
+        features = encode_image_normalized(self.visual, self.preprocess(crops.flatten(0, 1)))
+        return features.view(crops.shape[0], crops.shape[1], -1)
+
+    def scores(self, features: torch.Tensor, classifier: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        return cosine_scores(features, classifier, scale)
+
+    def token_fusion_logits(self, features: TokenFeatures) -> torch.Tensor:
+        """Eq. 8 with the fixed scale: (B, C) ``w * s(CLS, W*) + (1 - w) * s(FG, W*)``, scaled by LOGIT_SCALE."""
+        return token_fusion_scores(features.cls, features.fg, self.w_star, self.fusion_cls_weight, self.logit_scale)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Test logits (B, C) of uint8 images: TokenFusion of the [CLS] and [FG] logits."""
+        return self.token_fusion_logits(self.encode(images, with_fg=self.fusion_cls_weight < 1.0))
+
+
+def trainable_parameters(model: MicroCLIPNet, train_soap: bool) -> Dict[str, nn.Parameter]:
+    """Freeze everything but the vision LayerNorm affines, W* and (if ``train_soap``) SOAP. Returns them by name."""
+    model.requires_grad_(False)
+    for module in model.visual.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.requires_grad_(True)
+    model.w_star.requires_grad_(True)
+    if train_soap:
+        model.soap.requires_grad_(True)
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def per_iteration_cosine(step: int, total_steps: int, base_lr: float, min_lr: float) -> float:
+    """LR at ``step`` of a per-iteration cosine from ``base_lr`` to ``min_lr`` without warmup (official schedule)."""
+    progress = min(step, total_steps) / max(total_steps, 1)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+# ------------------------------------------------------------------------------------------------------- trainer
+@TRAINER_REGISTRY.register()
+class MicroCLIP(CLIPTrainer):
+    """microCLIP self-training (Algorithm 1) with TokenFusion, SOAP and Dynamic Knowledge Aggregation."""
+
+    def check_cfg(self, cfg):
+        node = cfg.TRAINER.MICROCLIP
+        choices = [
+            ("PREC", node.PREC, tuple(PRECISIONS)), ("WEAK_CROP", node.WEAK_CROP, CROP_MODES),
+            ("TEST_CROP", node.TEST_CROP, CROP_MODES), ("PL.PRIOR_VIEWS", node.PL.PRIOR_VIEWS, PRIOR_VIEWS),
+            ("PL.PRIOR_CLASSIFIER", node.PL.PRIOR_CLASSIFIER, PRIOR_CLASSIFIERS),
+            ("PL.FUSION", node.PL.FUSION, PL_FUSION_MODES), ("NCUT.VARIANT", node.NCUT.VARIANT, NCUT_VARIANTS),
+            ("NCUT.SIGN_RULE", node.NCUT.SIGN_RULE, SIGN_RULES), ("SOAP.QUERY", node.SOAP.QUERY, QUERY_MODES),
+            ("SOAP.FG_TOKEN", node.SOAP.FG_TOKEN, FG_TOKEN_MODES), ("SOAP.SINK", node.SOAP.SINK, SINK_MODES),
+            ("CLASSIFIER.W_LLM", node.CLASSIFIER.W_LLM, W_LLM_INITS),
+            ("CLASSIFIER.W_STAR", node.CLASSIFIER.W_STAR, W_STAR_INITS),
+            ("CLASSIFIER.HANDCRAFTED_NORM", node.CLASSIFIER.HANDCRAFTED_NORM, HANDCRAFTED_NORMS),
+        ]
+        for key, value, allowed in choices:
+            if value not in allowed:
+                raise ValueError(f"TRAINER.MICROCLIP.{key} must be one of {allowed}, got {value!r}")
+        for key in ("GAMMA", "FUSION_CLS_WEIGHT", "FAIRNESS_MOMENTUM"):
+            if not 0.0 <= node[key] <= 1.0:
+                raise ValueError(f"TRAINER.MICROCLIP.{key} must lie in [0, 1], got {node[key]}")
+        if not 0.0 <= node.PL.FUSION_CLS_WEIGHT <= 1.0:
+            raise ValueError(f"TRAINER.MICROCLIP.PL.FUSION_CLS_WEIGHT must lie in [0, 1], got {node.PL.FUSION_CLS_WEIGHT}")
+        if node.N_CROPS < 1:
+            raise ValueError(f"TRAINER.MICROCLIP.N_CROPS must be >= 1, got {node.N_CROPS}")
+        low, high = node.CROP_SIDE_RANGE
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"TRAINER.MICROCLIP.CROP_SIDE_RANGE must satisfy 0 < a <= b <= 1, got {(low, high)}")
+        if cfg.OPTIM.NAME != "adamw":
+            print(f"Note: microCLIP uses AdamW officially; OPTIM.NAME={cfg.OPTIM.NAME!r}")
+
+    # ---------------------------------------------------------------------------------------- what is computed
+    @property
+    def node(self):
+        return self.cfg.TRAINER.MICROCLIP
+
+    @property
+    def fg_in_loss(self) -> bool:
+        """The [FG] branch enters the loss (and the test logits) unless TokenFusion is [CLS]-only."""
+        return self.node.FUSION_CLS_WEIGHT < 1.0
+
+    @property
+    def token_fusion_in_pl(self) -> bool:
+        return self.node.GAMMA < 1.0
+
+    @property
+    def fg_in_pl(self) -> bool:
+        return self.token_fusion_in_pl and self.node.PL.FUSION_CLS_WEIGHT < 1.0
+
+    @property
+    def uses_crops(self) -> bool:
+        return self.node.GAMMA > 0.0 and self.node.PL.PRIOR_VIEWS == "multi"
+
+    # ------------------------------------------------------------------------------------------------- data
+    def build_data_loader(self):
+        """Weak / strong / crops as uint8 tensors from the workers (list of train transforms); test view uint8."""
+        cfg, node = self.cfg, self.cfg.TRAINER.MICROCLIP
+        size = tuple(cfg.INPUT.SIZE)
+        train_tfms = [
+            view_transform(size, cfg.INPUT.INTERPOLATION, node.WEAK_CROP),
+            strong_transform(size, node.STRONG_RRC_SCALE, node.STRONG_HFLIP, node.STRONG_RANDAUGMENT),
+        ]
+        if self.uses_crops:
+            train_tfms.append(MultiCropTransform(node.N_CROPS, node.CROP_SIDE_RANGE, max(size)))
+        test_tfm = view_transform(size, cfg.INPUT.INTERPOLATION, node.TEST_CROP)
+        dm = DataManager(cfg, custom_tfm_train=train_tfms, custom_tfm_test=test_tfm)
+        self.train_loader_x = dm.train_loader_x
+        self.train_loader_u = dm.train_loader_u
+        self.val_loader = dm.val_loader
+        self.test_loader = dm.test_loader
+        self.num_classes = dm.num_classes
+        self.num_source_domains = dm.num_source_domains
+        self.lab2cname = dm.lab2cname
+        self.dm = dm
+
+    # ------------------------------------------------------------------------------------------------ model
+    def build_classifiers(self, clip_model):
+        """(W_LLM, W*_init), both (C, D) unit rows, from the text tower (Supp. A.1, official variants)."""
+        node = self.node.CLASSIFIER
+        needs_handcrafted = "handcrafted" in (node.W_LLM, node.W_STAR) or node.W_LLM == "similarity_weighted"
+        needs_descriptions = node.W_LLM != "handcrafted" or node.W_STAR != "handcrafted"
+        handcrafted = descriptions = None
+        if needs_handcrafted:
+            handcrafted = classifier_from_templates(
+                clip_model, self.classnames, self.templates(), per_prompt_norm=node.HANDCRAFTED_NORM == "per_prompt"
+            )
+        if needs_descriptions:
+            descriptions = description_embeddings(clip_model, self.classnames, self.descriptions())
+        if node.W_LLM == "similarity_weighted":
+            w_llm = weighted_classifier(descriptions, handcrafted, weighting="similarity")
+        elif node.W_LLM == "mean":
+            w_llm = mean_classifier(descriptions)
+        else:
+            w_llm = handcrafted
+        w_star = handcrafted if node.W_STAR == "handcrafted" else mean_classifier(descriptions)
+        return w_llm, w_star
+
+    def build_model(self):
+        cfg, node = self.cfg, self.node
+        clip_model = self.load_clip()
+        w_llm, w_star = self.build_classifiers(clip_model)
+        visual = clip_model.visual
+        del clip_model  # the text tower is not needed after this point (Sec. 3.2)
+        self.model = MicroCLIPNet(visual, w_llm, w_star, node, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
+        self.model.to(self.device)
+        train_soap = self.fg_in_loss and (self.model.soap.uses_attention or node.SOAP.SINK == "learnable")
+        params = trainable_parameters(self.model, train_soap)
+        self.trainable_names = sorted(params)
+        print(f"microCLIP trainable parameters: {sum(p.numel() for p in params.values()):,} in {len(params)} tensors")
+        self.optim = build_optimizer(list(params.values()), cfg.OPTIM)
+        total_steps = max(1, cfg.OPTIM.MAX_EPOCH * len(self.train_loader_x))
+        base_lr, min_lr = cfg.OPTIM.LR, node.MIN_LR
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.optim, lambda step: per_iteration_cosine(step, total_steps, base_lr, min_lr) / base_lr
+        )
+        self.register_model("microclip", self.model, self.optim, self.sched)
+        self.autocast_dtype = PRECISIONS[node.PREC]
+        self.scaler = torch.amp.GradScaler(self.device.type) if node.PREC == "fp16" else None
+        self._reset_epoch_state()
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    # -------------------------------------------------------------------------------------------- one step
+    def parse_batch_train(self, batch):
+        """-> weak (B,3,S,S), strong (B,3,S,S), crops (B,N,3,S,S) or None (uint8 on the device), and the
+        ground-truth labels, which are used ONLY for logging pseudo-label accuracy."""
+        to_device = lambda x: x.to(self.device, non_blocking=True)  # noqa: E731
+        crops = to_device(batch["img3"]) if self.uses_crops else None
+        return to_device(batch["img"]), to_device(batch["img2"]), crops, to_device(batch["label"])
+
+    @torch.no_grad()
+    def pseudo_label(self, weak: torch.Tensor, crops: Optional[torch.Tensor]):
+        """Eq. 13 on the weak view: (labels (B,), confidences (B,), weak-view features)."""
+        node, model = self.node, self.model
+        weak_features = model.encode(weak, with_fg=self.fg_in_pl)
+        prior = token_fusion = None
+        if node.GAMMA > 0.0:
+            classifier = model.w_llm if node.PL.PRIOR_CLASSIFIER == "fixed" else model.w_star
+            if crops is not None:
+                view_features, _ = aggregate_views(model.encode_crops(crops), weak_features.cls, node.CROP_TEMPERATURE)
+            else:
+                view_features = weak_features.cls
+            prior = model.scores(view_features, classifier)  # Eq. 12, raw cosines
+        if self.token_fusion_in_pl:
+            token_fusion = token_fusion_scores(
+                weak_features.cls, weak_features.fg, model.w_star, node.PL.FUSION_CLS_WEIGHT, 1.0, node.PL.FUSION
+            )
+        labels, confidences = dynamic_knowledge_aggregation(prior, token_fusion, node.GAMMA)
+        return labels, confidences, weak_features
+
+    def forward_backward(self, batch):
+        node = self.node
+        weak, strong, crops, true_labels = self.parse_batch_train(batch)
+        with self.autocast():
+            pseudo_labels, confidences, weak_features = self.pseudo_label(weak, crops)
+            strong_features = self.model.encode(strong, with_fg=self.fg_in_loss)
+            logits = self.model.token_fusion_logits(strong_features).float()
+        loss, loss_st, loss_reg, self._marginal = microclip_loss(
+            logits, pseudo_labels, self._marginal, node.FAIRNESS_MOMENTUM, node.FAIRNESS_SCALE,
+            node.CE_WEIGHT, node.FAIRNESS_WEIGHT,
+        )
+        self.optimizer_step(loss)
+        self.update_lr()  # per-iteration cosine schedule
+        self._accumulate_pl_statistics(pseudo_labels, confidences, true_labels, weak_features.mask)
+        return {"loss": loss.detach(), "loss_st": loss_st.detach(), "loss_reg": loss_reg.detach()}
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        """Plain backward + AdamW step (no anomaly detection, no create_graph); GradScaler under fp16."""
+        self.optim.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            self.optim.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optim)
+            self.scaler.update()
+
+    # ------------------------------------------------------------------------------------------ epoch metrics
+    def _reset_epoch_state(self):
+        self._marginal = None  # fairness running mean restarts every epoch (official)
+        self._pl_sums = torch.zeros(2, device=self.device)  # correct pseudo-labels, summed confidences
+        self._pl_count = 0
+        self._mask_sums = torch.zeros(3, device=self.device)
+        self._mask_count = 0
+
+    def _accumulate_pl_statistics(self, pseudo_labels, confidences, true_labels, mask):
+        """Device-side sums for the epoch log; the ground truth enters nothing but ``pl_accuracy``."""
+        self._pl_sums += torch.stack([(pseudo_labels == true_labels).sum().float(), confidences.float().sum()])
+        self._pl_count += pseudo_labels.shape[0]
+        if mask is not None:
+            self._mask_sums += mask_size_statistics(mask)
+            self._mask_count += mask.shape[0]
+
+    def before_epoch(self):
+        super().before_epoch()
+        self._reset_epoch_state()
+
+    def after_epoch(self):
+        metrics = {}
+        if self._pl_count:
+            pl_correct, pl_confidence = (self._pl_sums / self._pl_count).tolist()
+            metrics.update(pl_accuracy=100.0 * pl_correct, pl_confidence=pl_confidence)
+        if self._mask_count:
+            metrics.update({f"train_{k}": v for k, v in summarize_mask_statistics(self._mask_sums, self._mask_count).items()})
+        if self.node.EPOCH_TEST_METRICS:
+            metrics.update(self.evaluate_branches())
+        self.log_epoch_metrics(metrics)
+        print("microCLIP epoch metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        super().after_epoch()
+
+    @torch.no_grad()
+    def evaluate_branches(self) -> Dict[str, float]:
+        """Test accuracy (%) of the fused, [CLS]-only and [FG]-only logits, and the test NCut mask sizes."""
+        self.set_model_mode("eval")
+        model = self.model
+        correct = torch.zeros(3, device=self.device)
+        mask_sums, total = torch.zeros(3, device=self.device), 0
+        for batch in self.test_loader:
+            images, labels = self.parse_batch_test(batch)
+            with self.autocast():
+                features = model.encode(images, with_fg=True)
+                cls_logits = model.scores(features.cls, model.w_star, model.logit_scale)
+                fg_logits = model.scores(features.fg, model.w_star, model.logit_scale)
+                fused = model.token_fusion_logits(features)
+            predictions = torch.stack([fused.argmax(-1), cls_logits.argmax(-1), fg_logits.argmax(-1)])
+            correct += (predictions == labels).sum(dim=1).float()
+            if features.mask is not None:
+                mask_sums += mask_size_statistics(features.mask)
+            total += labels.shape[0]
+        self.set_model_mode("train")
+        fused_acc, cls_acc, fg_acc = (100.0 * correct / max(total, 1)).tolist()
+        metrics = {"accuracy_fused": fused_acc, "accuracy_cls": cls_acc, "accuracy_fg": fg_acc}
+        if self.model.soap.uses_mask:
+            metrics.update({f"test_{k}": v for k, v in summarize_mask_statistics(mask_sums, total).items()})
+        return metrics
+
+    # ----------------------------------------------------------------------------------------------- testing
+    def model_inference(self, images):
+        with self.autocast():
+            return self.model(images).float()
+
+    def run_summary(self) -> Dict:
+        return {"trainable_parameters": int(sum(p.numel() for p in self.model.parameters() if p.requires_grad)),
+                "trainable_tensors": self.trainable_names}
