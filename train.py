@@ -1,6 +1,7 @@
 """CoOp-style entry point: ``python train.py --root DATA --trainer NAME --config-file ... [yacs opts]``.
 
-Config merge order: Dassl defaults + extend_cfg (all plugins) -> --dataset-config-file -> --config-file -> CLI flags ->
+Config merge order: Dassl defaults + extend_cfg (all plugins) -> --dataset-config-file -> --config-file ->
+--extra-config-file (each, in order) -> CLI flags ->
 trailing ``KEY VALUE`` opts -> freeze. Plugins: every module of datasets/, trainers/, baselines/, plus the
 comma-separated module names in the environment variable CLIPKIT_EXTRA_PLUGINS (e.g. test-only plugins).
 
@@ -104,6 +105,8 @@ def setup_cfg(args):
         _merge_file(cfg, args.dataset_config_file, "--dataset-config-file")
     if args.config_file:
         _merge_file(cfg, args.config_file, "--config-file")
+    for path in args.extra_config_file or []:  # e.g. an ablation YAML holding only a method's switches
+        _merge_file(cfg, path, "--extra-config-file")
     reset_cfg(cfg, args)
     cfg.merge_from_list(args.opts)
     cfg.freeze()
@@ -149,6 +152,8 @@ def build_parser():
     parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation methods")
     parser.add_argument("--config-file", type=str, default="", help="path to config file")
     parser.add_argument("--dataset-config-file", type=str, default="", help="path to config file for dataset setup")
+    parser.add_argument("--extra-config-file", type=str, action="append", default=[],
+                        help="further YAML merged after --config-file, in order (repeatable; e.g. ablation switches)")
     parser.add_argument("--trainer", type=str, default="", help="name of trainer")
     parser.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
     parser.add_argument("--head", type=str, default="", help="name of head")
