@@ -389,10 +389,16 @@ def sweep(args: argparse.Namespace, log=print) -> int:
         raise SweepError(f"--data-root DIR is required for backbone {args.backbone} (the folder holding the "
                          f"datasets, see DATASETS.md)")
     seeds = parse_seeds(args.seeds)
-    registered = registered_trainers(extra_plugins)
-    methods = select_methods(split_list(args.methods), registered)
-    plan = plan_sweep(args.backbone, methods, registered, datasets, seeds, configs_root, data_root, output_root,
-                      python, train_script)
+    plan_args = (datasets, seeds, configs_root, data_root, output_root, python, train_script)
+    requested = split_list(args.methods)
+    # With explicit --methods, a sweep whose runs are all finished needs no registry (no torch import): fast reruns.
+    plan = plan_sweep(args.backbone, requested, {}, *plan_args) if requested else None
+    if plan is None or plan.jobs:
+        registered = registered_trainers(extra_plugins)
+        methods = select_methods(requested, registered)
+        plan = plan_sweep(args.backbone, methods, registered, *plan_args)
+    else:
+        methods = requested
     for note in plan.notes:
         log(f"note: {note}")
     log(f"sweep {args.backbone}: {len(methods)} methods x {len(datasets)} datasets x {len(seeds)} seeds; "

@@ -155,3 +155,76 @@ def test_cli_errors_name_the_fix(tmp_path):
     run = subprocess.run(["bash", os.path.join(REPO, "scripts", "run_all.sh"), "vit_b32", "--configs-root", configs,
                           "--dry-run"], capture_output=True, text=True, cwd=str(tmp_path))
     assert run.returncode == 2 and "--data-root DIR is required" in run.stderr
+
+
+TRAINER_YAML = """\
+DATALOADER:
+  TRAIN_X:
+    BATCH_SIZE: 4
+  TEST:
+    BATCH_SIZE: 8
+  NUM_WORKERS: 0
+INPUT:
+  SIZE: (64, 64)
+  TRANSFORMS: ["normalize"]
+MODEL:
+  BACKBONE:
+    NAME: "{clip}"
+OPTIM:
+  NAME: "sgd"
+  LR: 0.01
+  MAX_EPOCH: 2
+  LR_SCHEDULER: "cosine"
+TRAIN:
+  PRINT_FREQ: 1
+"""
+
+
+def test_real_sweep_twice_second_run_skips_everything(tmp_path, tiny_clip_path, tiny_image_folder):
+    """run_all.sh on the tiny CLIP: a training-free and a trained test method plus a broken one, then a rerun."""
+    data_root, _ = tiny_image_folder
+    trainer_yaml = TRAINER_YAML.format(clip=tiny_clip_path)
+    configs = write_configs(
+        tmp_path / "configs",
+        trainers={name: {"tiny": trainer_yaml} for name in ("SweepZeroShot", "SweepProbe", "SweepBroken")},
+        datasets={"test_folder": 'DATASET:\n  NAME: "TestImageFolder"\n'},
+        overrides={"SweepProbe": "test_folder: [OPTIM.MAX_EPOCH, 1]\n"},
+    )
+    out = tmp_path / "output"
+
+    def run_all(methods):
+        command = ["bash", os.path.join(REPO, "scripts", "run_all.sh"), "tiny", "--methods", methods, "--datasets",
+                   "test_folder", "--seeds", "1", "--data-root", data_root, "--output-root", str(out),
+                   "--configs-root", configs, "--extra-plugins", "tests.plugins.sweep_trainers,"
+                   "tests.plugins.image_folder_dataset"]
+        env = dict(os.environ, PYTHON=sys.executable)
+        env.pop(sweep.PLUGIN_ENV, None)
+        return subprocess.run(command, capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=600)
+
+    first = run_all("SweepZeroShot,SweepProbe,SweepBroken")
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "3 to run" in first.stdout
+    assert "FAILED SweepBroken/test_folder/seed1: RuntimeError: SweepBroken fails on purpose" in first.stdout
+    runs = {m: out / "tiny" / "test_folder" / m / "seed1" for m in ("SweepZeroShot", "SweepProbe", "SweepBroken")}
+    zero = json.loads((runs["SweepZeroShot"] / "results.json").read_text())
+    probe = json.loads((runs["SweepProbe"] / "results.json").read_text())
+    assert zero["num_test"] == probe["num_test"] == 6  # 3 classes x (6 - 4 train) images
+    assert "eval_only: True" in (runs["SweepZeroShot"] / "log.txt").read_text()  # training_free -> --eval-only
+    assert [e["epoch"] for e in probe["epochs"]] == [1]  # the dataset override MAX_EPOCH 1 reached train.py
+    assert 0.0 <= probe["epochs"][0]["pl_accuracy"] <= 100.0
+    assert "Finish training" in (runs["SweepProbe"] / "log.txt").read_text()
+    assert (runs["SweepBroken"] / "failed.txt").is_file() and not (runs["SweepBroken"] / "results.json").exists()
+    # the tiny sweep ends with the Markdown table of output_parser
+    table = {line.split("|")[1].strip(): line for line in first.stdout.splitlines() if line.startswith("| Sweep")}
+    assert f"{zero['accuracy_last']:.2f}" in table["SweepZeroShot"] and "fail" in table["SweepBroken"]
+
+    stamps = {m: (runs[m] / "results.json").stat().st_mtime_ns for m in ("SweepZeroShot", "SweepProbe")}
+    second = run_all("SweepZeroShot,SweepProbe")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "2 finished (skipped), 0 to run" in second.stdout
+    assert stamps == {m: (runs[m] / "results.json").stat().st_mtime_ns for m in stamps}
+
+    pseudo = subprocess.run([sys.executable, os.path.join(REPO, "output_parser.py"), str(out), "--table",
+                             "pseudo-labels", "--format", "csv"], capture_output=True, text=True)
+    assert pseudo.returncode == 0, pseudo.stderr
+    assert [line.split(",")[1] for line in pseudo.stdout.splitlines()[1:]] == ["SweepProbe"]
