@@ -1,0 +1,213 @@
+"""Code shared by the benchmark readers: locating files (or failing with a message that says where to look),
+choosing the split protocol, reading split files, turning records into ``Datum`` lists and final checks.
+
+Readers describe themselves with class attributes:
+
+* ``dataset_key``: config stem (``configs/datasets/<key>.yaml``), also the text-resource key;
+* ``dataset_folder``: folder under ``DATASET.ROOT``;
+* ``docs_section``: anchor of the reader's section in DATASETS.md;
+* ``split_protocols``: the ``DATASET.SPLIT_PROTOCOL`` values it supports;
+* ``split_files``: ``{protocol: split-file name}`` for protocols read from a split file.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Sequence
+
+from clipkit.dassl import Datum
+from clipkit.text.descriptions import name_key, word_key
+
+from ._splits import SPLIT_NAMES, Record, SplitFileError, read_split_file
+
+KNOWN_SPLIT_PROTOCOLS = ("microclip", "coop")
+DOCS_FILE = "DATASETS.md"
+MISSING_IMAGES_SHOWN = 5  # how many missing image paths an error message lists
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """A dataset folder, metadata file or image is missing or malformed."""
+
+
+def reader_name(reader) -> str:
+    """Class name of a reader given as an instance or as the class itself (prep scripts use the class)."""
+    return reader.__name__ if isinstance(reader, type) else type(reader).__name__
+
+
+def docs_hint(reader) -> str:
+    return f"See {DOCS_FILE}#{reader.docs_section} for the expected layout and how to prepare it."
+
+
+def dataset_root(cfg, reader) -> str:
+    """``DATASET.ROOT/<reader.dataset_folder>`` as an absolute path; raises if it does not exist."""
+    root = cfg.DATASET.ROOT
+    if not root:
+        raise DatasetLayoutError(
+            f"{reader_name(reader)}: DATASET.ROOT is empty; set it to the folder that holds "
+            f"'{reader.dataset_folder}/'. {docs_hint(reader)}"
+        )
+    path = os.path.join(os.path.abspath(os.path.expanduser(root)), reader.dataset_folder)
+    if not os.path.isdir(path):
+        raise DatasetLayoutError(f"{reader_name(reader)}: dataset folder not found: {path}. {docs_hint(reader)}")
+    return path
+
+
+def require_file(path: str, reader, what: str = "metadata file") -> str:
+    """``path`` if it is a file, else a DatasetLayoutError naming it."""
+    if not os.path.isfile(path):
+        raise DatasetLayoutError(f"{reader_name(reader)}: {what} not found: {path}. {docs_hint(reader)}")
+    return path
+
+
+def require_dir(path: str, reader, what: str = "image folder") -> str:
+    if not os.path.isdir(path):
+        raise DatasetLayoutError(f"{reader_name(reader)}: {what} not found: {path}. {docs_hint(reader)}")
+    return path
+
+
+def first_existing(paths: Sequence[str], reader, what: str = "metadata file") -> str:
+    """The first of ``paths`` that is a file; the error lists all of them."""
+    for path in paths:
+        if os.path.isfile(path):
+            return path
+    raise DatasetLayoutError(
+        f"{reader_name(reader)}: {what} not found; looked for: {', '.join(paths)}. {docs_hint(reader)}"
+    )
+
+
+def read_lines(path: str, reader, what: str = "metadata file") -> List[str]:
+    """Non-empty, stripped lines of a text file (must exist)."""
+    require_file(path, reader, what)
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def split_protocol(cfg, reader) -> str:
+    """``DATASET.SPLIT_PROTOCOL``, checked against the protocols the reader supports."""
+    protocol = cfg.DATASET.SPLIT_PROTOCOL
+    if protocol not in KNOWN_SPLIT_PROTOCOLS:
+        raise ValueError(
+            f"DATASET.SPLIT_PROTOCOL={protocol!r} is unknown; use one of {', '.join(KNOWN_SPLIT_PROTOCOLS)}."
+        )
+    if protocol not in reader.split_protocols:
+        raise ValueError(
+            f"{reader_name(reader)} does not support DATASET.SPLIT_PROTOCOL={protocol!r} "
+            f"(no such split is defined for this dataset); use one of {', '.join(reader.split_protocols)}. "
+            f"{docs_hint(reader)}"
+        )
+    return protocol
+
+
+def same_class(name_a: str, name_b: str) -> bool:
+    """True when two spellings of a class name agree up to case, separators, punctuation and word order."""
+    return name_key(name_a) == name_key(name_b) or word_key(name_a) == word_key(name_b)
+
+
+def load_split_file(path: str, reader, classnames: Sequence[str]) -> Dict[str, list]:
+    """Records (and ``"meta"``) of a CoOp-format split file, checked against the reader's label order.
+
+    Every label must be in range and its class name in the file must agree (``same_class``) with
+    ``classnames[label]``; a disagreement means the file was made with another label order, so it raises.
+    """
+    require_file(path, reader, "split file")
+    try:
+        splits = read_split_file(path)
+    except SplitFileError as err:
+        raise DatasetLayoutError(f"{reader_name(reader)}: {err}. {docs_hint(reader)}") from err
+    problems = []
+    for part in SPLIT_NAMES:
+        for impath, label, cname in splits[part]:
+            if not 0 <= label < len(classnames):
+                problems.append(f"[{part}] {impath}: label {label} outside 0..{len(classnames) - 1}")
+            elif not same_class(cname, classnames[label]):
+                problems.append(f"[{part}] {impath}: label {label} is {cname!r} in the file, "
+                                f"{classnames[label]!r} in the dataset's metadata")
+    problems = problems[:MISSING_IMAGES_SHOWN] + ([f"... {len(problems) - MISSING_IMAGES_SHOWN} more"]
+                                                  if len(problems) > MISSING_IMAGES_SHOWN else [])
+    if problems:
+        raise DatasetLayoutError(
+            f"{reader_name(reader)}: split file {path} disagrees with the label order of the metadata:\n  "
+            + "\n  ".join(problems) + f"\nRegenerate the file or fetch the original. {docs_hint(reader)}"
+        )
+    return splits
+
+
+def to_datums(records: Sequence[Record], image_dir: str, classnames: Sequence[str], reader, source: str) -> list:
+    """``Datum(image_dir/impath, label, classnames[label])`` for each record; every image file must exist.
+
+    ``source`` names the metadata the records came from, for the error message.
+    """
+    paths = [os.path.join(image_dir, impath) for impath, _, _ in records]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        shown = "\n  ".join(missing[:MISSING_IMAGES_SHOWN])
+        raise DatasetLayoutError(
+            f"{reader_name(reader)}: {len(missing)} of {len(paths)} images listed in {source} are missing, e.g.\n  "
+            f"{shown}\n{docs_hint(reader)}"
+        )
+    return [Datum(impath=path, label=label, classname=classnames[label])
+            for path, (_, label, _) in zip(paths, records)]
+
+
+def finalize_splits(cfg, reader, classnames: Sequence[str], train: list, val: list, test: list) -> tuple:
+    """Check the splits and apply ``DATASET.NUM_SHOTS`` (CoOp: K per class for train, min(K, 4) for val).
+
+    The train split must contain every class: Dassl derives ``num_classes`` and ``classnames`` from it.
+    """
+    name = reader_name(reader)
+    present = {item.label for item in train}
+    absent = [classnames[label] for label in range(len(classnames)) if label not in present]
+    if absent:
+        raise DatasetLayoutError(
+            f"{name}: the train split has no images of {len(absent)} classes (e.g. {absent[:5]}); "
+            f"the data or split file is incomplete. {docs_hint(reader)}"
+        )
+    if not test:
+        raise DatasetLayoutError(f"{name}: the test split is empty. {docs_hint(reader)}")
+    num_shots = cfg.DATASET.NUM_SHOTS
+    if num_shots >= 1:
+        train = reader.generate_fewshot_dataset(train, num_shots=num_shots)
+        if val:
+            val = reader.generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
+    return train, val, test
+
+
+def underscores_to_spaces(name: str) -> str:
+    """Prompt-ready spelling of a folder-style class name: ``"apple_pie"`` -> ``"apple pie"``."""
+    return " ".join(name.replace("_", " ").split())
+
+
+def load_mat(path: str, reader, what: str = "metadata file") -> dict:
+    """``scipy.io.loadmat(path, squeeze_me=True)`` of an existing MATLAB file, with a clear error if unreadable."""
+    import scipy.io
+
+    require_file(path, reader, what)
+    try:
+        return scipy.io.loadmat(path, squeeze_me=True)
+    except Exception as err:  # scipy raises several types for corrupt / HDF5 files
+        raise DatasetLayoutError(f"{reader_name(reader)}: cannot read {what} {path} ({err}). {docs_hint(reader)}")
+
+
+def mat_field(mat: dict, key: str, path: str, reader):
+    """``mat[key]`` as an at-least-1-D array; raises naming the file when the variable is missing."""
+    import numpy as np
+
+    if key not in mat:
+        raise DatasetLayoutError(f"{reader_name(reader)}: {path} has no variable {key!r}. {docs_hint(reader)}")
+    return np.atleast_1d(mat[key])
+
+
+def make_splits(cfg, reader, splits: Dict[str, list], image_dir: str, classnames: Sequence[str], source: str) -> tuple:
+    """(train, val, test) Datum lists from ``{"train"/"val"/"test": records}``: ``to_datums`` + ``finalize_splits``."""
+    train, val, test = (to_datums(splits.get(part, []), image_dir, classnames, reader, source)
+                        for part in ("train", "val", "test"))
+    return finalize_splits(cfg, reader, classnames, train, val, test)
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def list_images(folder: str) -> List[str]:
+    """Sorted names of the image files directly inside ``folder`` (hidden files skipped)."""
+    return sorted(name for name in os.listdir(folder)
+                  if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS))

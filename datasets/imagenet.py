@@ -1,0 +1,86 @@
+"""ImageNet-1k (ILSVRC 2012).
+
+Layout (``DATASET.ROOT/imagenet/``), as in CoOp: ``images/train/<wnid>/*.JPEG``, ``images/val/<wnid>/*.JPEG``
+(validation images sorted into wnid folders: ``scripts/prep_imagenet_val.py``) and a class-name file, either
+CoOp's ``classnames.txt`` (``<wnid> <CLIP class name>`` per line: the prompt-ready names) or, as a fallback,
+the Kaggle release's ``LOC_synset_mapping.txt`` (``<wnid> <synonym>, <synonym>, ...``: the first synonym is used).
+Label order = line order of that file (sorted wnids in both).
+
+Protocols: ``microclip`` = ``DATASET.IMAGENET.TRAIN_PER_CLASS`` (50) random train images per class
+(seed ``DATASET.IMAGENET.SUBSET_SEED``) = 50,000 / val 50,000; ``coop`` = all train images / val as test
+(CoOp also uses val as its val split; we leave val empty, see docs/deviations/datasets.md).
+"""
+
+from __future__ import annotations
+
+import os
+
+from clipkit.config import CN, cfg_extension
+from clipkit.dassl import DATASET_REGISTRY, DatasetBase
+
+from ._common import (
+    DatasetLayoutError,
+    dataset_root,
+    first_existing,
+    list_images,
+    make_splits,
+    read_lines,
+    require_dir,
+    split_protocol,
+)
+from ._splits import sample_per_class
+
+CLASSNAME_FILES = ("classnames.txt", "LOC_synset_mapping.txt")
+
+
+@cfg_extension
+def _add_imagenet_cfg(cfg):
+    cfg.DATASET.IMAGENET = CN()
+    # microclip protocol: unlabeled training pool = this many random train images per class (microCLIP, DPA: 50).
+    cfg.DATASET.IMAGENET.TRAIN_PER_CLASS = 50
+    # Seed of that draw (file names are sorted first, so the subset is the same on every machine).
+    cfg.DATASET.IMAGENET.SUBSET_SEED = 0
+
+
+def read_imagenet_classnames(path: str, reader) -> tuple:
+    """(wnids, class names) from ``classnames.txt`` or ``LOC_synset_mapping.txt`` (first synonym)."""
+    wnids, names = [], []
+    for line in read_lines(path, reader, "class-name file"):
+        wnid, _, name = line.partition(" ")
+        if not (wnid.startswith("n") and name):
+            raise DatasetLayoutError(f"{path}: cannot parse line {line!r} (expected '<wnid> <name>')")
+        wnids.append(wnid)
+        names.append(name.split(",")[0].strip() if os.path.basename(path) == CLASSNAME_FILES[1] else name.strip())
+    return wnids, names
+
+
+@DATASET_REGISTRY.register()
+class ImageNet(DatasetBase):
+    dataset_key = "imagenet"
+    dataset_folder = "imagenet"
+    docs_section = "imagenet"
+    split_protocols = ("microclip", "coop")
+    split_files = {}
+
+    def __init__(self, cfg):
+        self.dataset_dir = dataset_root(cfg, self)
+        protocol = split_protocol(cfg, self)
+        names_file = first_existing([os.path.join(self.dataset_dir, f) for f in CLASSNAME_FILES], self,
+                                    "class-name file")
+        wnids, classnames = read_imagenet_classnames(names_file, self)
+        image_dir = os.path.join(self.dataset_dir, "images")
+        splits = {part: self.read_folder(os.path.join(image_dir, folder), folder, wnids, classnames)
+                  for part, folder in (("train", "train"), ("test", "val"))}
+        if protocol == "microclip":
+            node = cfg.DATASET.IMAGENET
+            splits["train"], _ = sample_per_class(splits["train"], node.TRAIN_PER_CLASS, node.SUBSET_SEED)
+        splits["val"] = []
+        train, val, test = make_splits(cfg, self, splits, image_dir, classnames, image_dir)
+        super().__init__(train_x=train, val=val, test=test)
+
+    def read_folder(self, folder: str, prefix: str, wnids, classnames) -> list:
+        """Records ``(<prefix>/<wnid>/<file>, label, name)`` of every ``<folder>/<wnid>/`` in label order."""
+        require_dir(folder, self)
+        return [(f"{prefix}/{wnid}/{name}", label, classnames[label])
+                for label, wnid in enumerate(wnids)
+                for name in list_images(require_dir(os.path.join(folder, wnid), self, "class folder"))]

@@ -1,0 +1,70 @@
+"""NWPU-RESISC45 (45 remote-sensing scene classes, 700 images each).
+
+Layout (``DATASET.ROOT/resisc45/``): ``NWPU-RESISC45/<class>/<class>_%03d.jpg`` from the official archive and
+``split_microclip_RESISC45.json`` made once by ``python scripts/prep_splits.py --dataset resisc45 --root <ROOT>``.
+
+The release has no class-list file; ``RESISC45_CLASSES`` is the 45-class list of Cheng et al. (Proc. IEEE 2017) in
+alphabetical order (also TFDS's label order). Class names: ``baseball_diamond`` -> ``"baseball diamond"``.
+
+Protocols: ``microclip`` = seeded random 80 / 20 % per class = 25,200 / 6,300 (the paper's sizes; microCLIP's own
+split file is not published); CoOp defines no RESISC45 split.
+"""
+
+from __future__ import annotations
+
+import os
+
+from clipkit.dassl import DATASET_REGISTRY, DatasetBase
+
+from ._common import (
+    dataset_root,
+    list_images,
+    load_split_file,
+    make_splits,
+    require_dir,
+    split_protocol,
+    underscores_to_spaces,
+)
+from ._splits import split_per_class
+
+RESISC45_CLASSES = (
+    "airplane", "airport", "baseball_diamond", "basketball_court", "beach", "bridge", "chaparral", "church",
+    "circular_farmland", "cloud", "commercial_area", "dense_residential", "desert", "forest", "freeway",
+    "golf_course", "ground_track_field", "harbor", "industrial_area", "intersection", "island", "lake", "meadow",
+    "medium_residential", "mobile_home_park", "mountain", "overpass", "palace", "parking_lot", "railway",
+    "railway_station", "rectangular_farmland", "river", "roundabout", "runway", "sea_ice", "ship", "snowberg",
+    "sparse_residential", "stadium", "storage_tank", "tennis_court", "terrace", "thermal_power_station", "wetland",
+)
+# Per class 80 % train / 20 % test: 560 / 140 of 700 images, i.e. the paper's 25,200 / 6,300.
+SPLIT_FRACTIONS = {"train": 0.8, "test": 0.2}
+
+
+@DATASET_REGISTRY.register()
+class RESISC45(DatasetBase):
+    dataset_key = "resisc45"
+    dataset_folder = "resisc45"
+    docs_section = "resisc45"
+    split_protocols = ("microclip",)
+    split_files = {"microclip": "split_microclip_RESISC45.json"}
+    image_folder = "NWPU-RESISC45"
+
+    def __init__(self, cfg):
+        self.dataset_dir = dataset_root(cfg, self)
+        protocol = split_protocol(cfg, self)
+        classnames = [underscores_to_spaces(folder) for folder in RESISC45_CLASSES]
+        split_file = os.path.join(self.dataset_dir, self.split_files[protocol])
+        splits = load_split_file(split_file, self, classnames)
+        image_folder = splits["meta"].get("image_folder", self.image_folder)
+        image_dir = require_dir(os.path.join(self.dataset_dir, image_folder), self)
+        train, val, test = make_splits(cfg, self, splits, image_dir, classnames, split_file)
+        super().__init__(train_x=train, val=val, test=test)
+
+    @classmethod
+    def make_microclip_split(cls, dataset_dir: str, seed: int, image_folder: str = "") -> dict:
+        """Seeded 80/20 split of every class folder: ``{"train"/"test": records}``."""
+        image_dir = os.path.join(dataset_dir, image_folder or cls.image_folder)
+        records = []
+        for label, folder in enumerate(RESISC45_CLASSES):
+            class_dir = require_dir(os.path.join(image_dir, folder), cls, "class folder")
+            records += [(f"{folder}/{name}", label, underscores_to_spaces(folder)) for name in list_images(class_dir)]
+        return split_per_class(records, SPLIT_FRACTIONS, seed)
