@@ -453,7 +453,8 @@ def describe(table: Table, metric: str, stat: str, ci95: bool) -> str:
     """One sentence saying what the numbers are (the LaTeX caption; a header line elsewhere)."""
     what = "Top-1 accuracy (%)" if metric == "accuracy" else "Pseudo-label accuracy (%) on the training set"
     when = ("last epoch" if stat == "last" else
-            "best epoch, selected on the test set (optimistic, as the official DPA/LaFTer/ReCLIP code)")
+            "best epoch, selected on the test set (optimistic, as the official DPA/LaFTer/ReCLIP code; "
+            "methods without per-epoch evaluation report their last epoch)")
     spread = "95% confidence interval" if ci95 else "std"
     seeds = f"mean ± {spread} over {len(table.seeds)} seeds" if len(table.seeds) > 1 else f"seed {table.seeds[0]}"
     return (f"{what}, {names.backbone_display_name(table.backbone)}, {when}, {seeds}. "

@@ -114,7 +114,10 @@ def select_datasets(requested: Sequence[str], available: Sequence[str], backbone
         if TINY not in available:
             raise SweepError("backbone tiny needs configs/datasets/tiny.yaml (the tiny benchmark), or pass --datasets")
         return [TINY]
-    return [d for d in available if d != TINY]
+    real = [d for d in available if d != TINY]
+    if not real:
+        raise SweepError(f"no dataset configs for backbone {backbone}: configs/datasets/ holds only {list(available)}")
+    return real
 
 
 def select_methods(requested: Sequence[str], registered: Dict[str, bool]) -> List[str]:

@@ -65,6 +65,8 @@ def test_plan_defaults_overrides_eval_only_and_skips(tmp_path):
     assert sweep.select_datasets([], available, "tiny") == ["tiny"]
     with pytest.raises(sweep.SweepError, match="no configs/datasets/<key>.yaml for \\['cars'\\]"):
         sweep.select_datasets(["cars"], available, "vit_b32")
+    with pytest.raises(sweep.SweepError, match="no dataset configs for backbone vit_b32"):
+        sweep.select_datasets([], ["tiny"], "vit_b32")
     registered = {"Micro": False, "Zero": True, "NoB32": False}
     assert sweep.select_methods([], registered) == ["Micro", "NoB32", "Zero"]
     with pytest.raises(sweep.SweepError, match="not registered"):
