@@ -109,6 +109,11 @@ def load_split_file(path: str, reader, classnames: Sequence[str]) -> Dict[str, l
     Every label must be in range and its class name in the file must agree (``same_class``) with
     ``classnames[label]``; a disagreement means the file was made with another label order, so it raises.
     """
+    if os.path.basename(path).startswith("split_microclip_") and not os.path.isfile(path):
+        raise DatasetLayoutError(
+            f"{reader_name(reader)}: split file not found: {path}. Make it once with `python scripts/prep_splits.py "
+            f"--dataset {reader.dataset_key} --root <DATASET.ROOT>`. {docs_hint(reader)}"
+        )
     require_file(path, reader, "split file")
     try:
         splits = read_split_file(path)
