@@ -92,3 +92,44 @@ class TrivialZeroShot(CLIPTrainer):
     def model_inference(self, images):
         features = F.normalize(self.clip_model.encode_image(images).float(), dim=-1)
         return 100.0 * features @ self.text_classifier.T
+
+
+def tiny_run_cfg(root, output_dir, trainer="TrivialProbe", **overrides):
+    """A frozen config for a fast deterministic CPU run of ``trainer`` on TestImageFolder at ``root``.
+
+    ``overrides`` are yacs keys with dots replaced by double underscores, e.g. ``OPTIM__MAX_EPOCH=2``.
+    """
+    import tests.plugins.image_folder_dataset  # noqa: F401  (registers TestImageFolder)
+    from clipkit.config import extend_cfg
+    from clipkit.dassl import get_cfg_default
+
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    opts = {
+        "DATASET.ROOT": str(root),
+        "DATASET.NAME": "TestImageFolder",
+        "TRAINER.NAME": trainer,
+        "OUTPUT_DIR": str(output_dir),
+        "USE_CUDA": False,
+        "DATALOADER.NUM_WORKERS": 0,
+        "DATALOADER.TRAIN_X.BATCH_SIZE": 4,
+        "DATALOADER.TEST.BATCH_SIZE": 4,
+        "INPUT.SIZE": (32, 32),
+        "INPUT.TRANSFORMS": ("random_resized_crop", "random_flip", "normalize"),
+        "OPTIM.NAME": "sgd",
+        "OPTIM.LR": 0.5,
+        "OPTIM.MAX_EPOCH": 3,
+        "OPTIM.LR_SCHEDULER": "cosine",
+        "OPTIM.WARMUP_EPOCH": 1,
+        "OPTIM.WARMUP_TYPE": "constant",
+        "TRAIN.PRINT_FREQ": 10,
+    }
+    opts.update({key.replace("__", "."): value for key, value in overrides.items()})
+    for key, value in opts.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    cfg.freeze()
+    return cfg
