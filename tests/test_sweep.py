@@ -182,8 +182,9 @@ TRAIN:
 """
 
 
-def test_real_sweep_twice_second_run_skips_everything(tmp_path, tiny_clip_path, tiny_image_folder):
-    """run_all.sh on the tiny CLIP: a training-free and a trained test method plus a broken one, then a rerun."""
+def test_real_sweep_twice_second_run_skips_everything(tmp_path, tiny_clip_path, tiny_image_folder, capsys,
+                                                        monkeypatch):
+    """The sweep on the tiny CLIP: a training-free and a trained test method plus a broken one, then a rerun."""
     data_root, _ = tiny_image_folder
     trainer_yaml = TRAINER_YAML.format(clip=tiny_clip_path)
     configs = write_configs(
@@ -193,20 +194,20 @@ def test_real_sweep_twice_second_run_skips_everything(tmp_path, tiny_clip_path, 
         overrides={"SweepProbe": "test_folder: [OPTIM.MAX_EPOCH, 1]\n"},
     )
     out = tmp_path / "output"
+    monkeypatch.delenv(sweep.PLUGIN_ENV, raising=False)
 
     def run_all(methods):
-        command = ["bash", os.path.join(REPO, "scripts", "run_all.sh"), "tiny", "--methods", methods, "--datasets",
-                   "test_folder", "--seeds", "1", "--data-root", data_root, "--output-root", str(out),
-                   "--configs-root", configs, "--extra-plugins", "tests.plugins.sweep_trainers,"
-                   "tests.plugins.image_folder_dataset"]
-        env = dict(os.environ, PYTHON=sys.executable)
-        env.pop(sweep.PLUGIN_ENV, None)
-        return subprocess.run(command, capture_output=True, text=True, cwd=str(tmp_path), env=env, timeout=600)
+        """The sweep in-process (this process already paid torch's import); returns (exit code, printed text)."""
+        lines = []
+        code = sweep.main(["tiny", "--methods", methods, "--datasets", "test_folder", "--seeds", "1", "--data-root",
+                           data_root, "--output-root", str(out), "--configs-root", configs, "--extra-plugins",
+                           "tests.plugins.sweep_trainers,tests.plugins.image_folder_dataset"], log=lines.append)
+        return code, "\n".join(lines) + "\n" + capsys.readouterr().out
 
-    first = run_all("SweepZeroShot,SweepProbe,SweepBroken")
-    assert first.returncode == 1, first.stdout + first.stderr
-    assert "3 to run" in first.stdout
-    assert "FAILED SweepBroken/test_folder/seed1: RuntimeError: SweepBroken fails on purpose" in first.stdout
+    code, first = run_all("SweepZeroShot,SweepProbe,SweepBroken")
+    assert code == 1, first
+    assert "3 to run" in first
+    assert "FAILED SweepBroken/test_folder/seed1: RuntimeError: SweepBroken fails on purpose" in first
     runs = {m: out / "tiny" / "test_folder" / m / "seed1" for m in ("SweepZeroShot", "SweepProbe", "SweepBroken")}
     zero = json.loads((runs["SweepZeroShot"] / "results.json").read_text())
     probe = json.loads((runs["SweepProbe"] / "results.json").read_text())
@@ -216,17 +217,20 @@ def test_real_sweep_twice_second_run_skips_everything(tmp_path, tiny_clip_path, 
     assert 0.0 <= probe["epochs"][0]["pl_accuracy"] <= 100.0
     assert "Finish training" in (runs["SweepProbe"] / "log.txt").read_text()
     assert (runs["SweepBroken"] / "failed.txt").is_file() and not (runs["SweepBroken"] / "results.json").exists()
+    for method, data in (("SweepZeroShot", zero), ("SweepProbe", probe)):  # the parser's log fallback agrees
+        logged = output_parser.parse_log_accuracy((runs[method] / "log.txt").read_text())
+        assert logged == pytest.approx(data["accuracy_last"], abs=0.051)  # logs print one decimal
     # the tiny sweep ends with the Markdown table of output_parser
-    table = {line.split("|")[1].strip(): line for line in first.stdout.splitlines() if line.startswith("| Sweep")}
+    table = {line.split("|")[1].strip(): line for line in first.splitlines() if line.startswith("| Sweep")}
     assert f"{zero['accuracy_last']:.2f}" in table["SweepZeroShot"] and "fail" in table["SweepBroken"]
 
     stamps = {m: (runs[m] / "results.json").stat().st_mtime_ns for m in ("SweepZeroShot", "SweepProbe")}
-    second = run_all("SweepZeroShot,SweepProbe")
-    assert second.returncode == 0, second.stdout + second.stderr
-    assert "2 finished (skipped), 0 to run" in second.stdout
+    code, second = run_all("SweepZeroShot,SweepProbe")
+    assert code == 0, second
+    assert "2 finished (skipped), 0 to run" in second
     assert stamps == {m: (runs[m] / "results.json").stat().st_mtime_ns for m in stamps}
 
-    pseudo = subprocess.run([sys.executable, os.path.join(REPO, "output_parser.py"), str(out), "--table",
-                             "pseudo-labels", "--format", "csv"], capture_output=True, text=True)
-    assert pseudo.returncode == 0, pseudo.stderr
-    assert [line.split(",")[1] for line in pseudo.stdout.splitlines()[1:]] == ["SweepProbe"]
+    assert output_parser.main([str(out), "--table", "pseudo-labels", "--format", "csv"]) == 0
+    pseudo = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(",")[1] for line in pseudo[1:]] == ["SweepProbe"]
+    assert pseudo[1].split(",")[2] == f"{probe['epochs'][0]['pl_accuracy']:.2f}"
