@@ -247,14 +247,24 @@ def row_average(cells: Sequence[Cell], seeds: Sequence[int]) -> Optional[Cell]:
     return Cell(values=per_seed, expected=len(seeds)) if len(per_seed) == len(seeds) else None
 
 
+def resolve_names(requested: Sequence[str], present, canonical) -> List[str]:
+    """Map each requested name to the folder name present (exact, else same canonical name: "microCLIP" ->
+    "MicroCLIP", "Flowers" -> "oxford_flowers"); names with no run are kept (their cells show as missing)."""
+    by_canonical = {canonical(name): name for name in present}
+    return [name if name in present else by_canonical.get(canonical(name), name) for name in requested]
+
+
 def build_table(runs: Sequence[Run], backbone: str, metric: str, stat: str, methods: Optional[Sequence[str]] = None,
                 datasets: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None) -> Table:
     """Aggregate the runs of ``backbone`` for ``metric`` ("accuracy" | "pl_accuracy") at ``stat`` ("last" | "best")."""
     runs = [run for run in runs if run.backbone == backbone]
     seeds = sorted(set(seeds) if seeds else {run.seed for run in runs})
     runs = [run for run in runs if run.seed in seeds]
-    method_order = list(methods) if methods else names.sort_methods(run.method for run in runs)
-    dataset_order = list(datasets) if datasets else names.sort_datasets(run.dataset for run in runs)
+    present_methods, present_datasets = {run.method for run in runs}, {run.dataset for run in runs}
+    method_order = (resolve_names(methods, present_methods, names.canonical_method) if methods
+                    else names.sort_methods(present_methods))
+    dataset_order = (resolve_names(datasets, present_datasets, names.canonical_dataset) if datasets
+                     else names.sort_datasets(present_datasets))
     notes: List[str] = []
     cells: Dict[Tuple[str, str], Cell] = {}
     for method in method_order:
@@ -302,7 +312,7 @@ def paper_table_path(backbone: str, folder: str = PAPER_RESULTS_DIR) -> str:
     if not matches:
         have = sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(folder), "*.csv")))
         raise FileNotFoundError(f"no paper table for backbone {backbone!r} in {folder} (have: {', '.join(have) or 'none'});"
-                                f" add one named <table>_{backbone}.csv or drop --vs-paper")
+                                f" add one named <table>_{backbone}.csv to compare")
     return matches[0]
 
 
@@ -475,7 +485,7 @@ def render_latex(table: Table, rows: Sequence[Row], caption: str, decimals: int)
     marks = rank_marks(rows, decimals)
     columns = [names.dataset_display_name(d) for d in table.datasets] + ["Avg"]
     lines = [
-        r"% requires \usepackage{booktabs}",
+        r"% requires \usepackage{booktabs,graphicx}",
         r"\begin{table*}[t]",
         r"\centering",
         rf"\caption{{{latex_escape(caption)} Best in \textbf{{bold}}, second \underline{{underlined}}.}}",
@@ -592,10 +602,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.vs_paper:
             try:
                 paper = load_paper_table(paper_table_path(backbone))
-            except (ValueError, FileNotFoundError) as error:
+            except FileNotFoundError as error:  # e.g. tiny: the table is still useful without the paper rows
+                notes.append(str(error))
+            except ValueError as error:
                 print(f"error: {error}", file=sys.stderr)
                 return 2
-            notes += printed_average_notes(paper, table.methods)
+            if paper is not None:
+                notes += printed_average_notes(paper, table.methods)
         outputs.append(render(table, args.format, metric, args.stat, args.ci95, args.decimals, display, paper))
     if outputs:
         print("\n\n".join(outputs))

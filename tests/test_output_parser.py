@@ -241,7 +241,7 @@ def test_cli_formats_and_errors(tree, tmp_path):
         return subprocess.run([sys.executable, os.path.join(REPO, "output_parser.py"), *args],
                               capture_output=True, text=True, cwd=str(tmp_path))
 
-    done = cli(tree, "--format", "csv", "--methods", "MicroCLIP", "--datasets", "oxford_pets,dtd")
+    done = cli(tree, "--format", "csv", "--methods", "microCLIP", "--datasets", "Pets,dtd")  # display names work too
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[0] == "backbone,method,oxford_pets,oxford_pets_std,dtd,dtd_std,avg,avg_std"
