@@ -9,7 +9,7 @@ replaced and CoOp's four renames (``airplanes`` -> ``airplane``, ``Faces`` -> ``
 ``Motorbikes`` -> ``motorbike``).
 
 Protocols: ``microclip`` = VTAB-style ``DATASET.CALTECH101.TRAIN_PER_CLASS`` (30) random images per class for
-training (seed ``DATASET.CALTECH101.SPLIT_SEED``), all others for test: 3,000 / about 5,240 (the paper's Table 10
+training (seed ``DATASET.CALTECH101.SPLIT_SEED``), all others for test: 3,000 / 5,242 (the paper's Table 10
 says 4,403 / 6,645, more images than the 100 classes hold); ``coop`` = CoOp's random split.
 """
 

@@ -468,3 +468,12 @@ def test_num_shots_limits_train_per_class(tmp_path):
     dataset = DescribableTextures(make_cfg(tmp_path, **{"DATASET.NUM_SHOTS": 1}))
     assert len(dataset.train_x) == len(DTD_CLASSES)
     assert len(dataset.test) == len(DTD_CLASSES)
+
+
+def test_datasets_md_has_a_section_per_reader():
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(repo, "DATASETS.md"), encoding="utf-8") as f:
+        anchors = {line[3:].strip().lower().replace(" ", "-") for line in f if line.startswith("## ")}
+    for reader in (Birdsnap, Caltech101, StanfordCars, CIFAR100Classes, DescribableTextures, FGVCAircraft,
+                   OxfordFlowers, Food101, ImageNet, OxfordPets, RESISC45, SUN397, UCF101):
+        assert reader.docs_section in anchors, reader.__name__
