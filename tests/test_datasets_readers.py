@@ -477,3 +477,57 @@ def test_datasets_md_has_a_section_per_reader():
     for reader in (Birdsnap, Caltech101, StanfordCars, CIFAR100Classes, DescribableTextures, FGVCAircraft,
                    OxfordFlowers, Food101, ImageNet, OxfordPets, RESISC45, SUN397, UCF101):
         assert reader.docs_section in anchors, reader.__name__
+
+
+def coop_car_name(name):
+    *words, year = name.split(" ")
+    return " ".join([year] + words)
+
+
+# key -> (image folder under the dataset folder, file name of CoOp's split, CoOp's spelling of our class name)
+COOP_SPELLINGS = {
+    "stanford_cars": ("", "split_zhou_StanfordCars.json", coop_car_name),
+    "sun397": ("SUN397", "split_zhou_SUN397.json",
+               lambda n: {"apartment building (outdoor)": "outdoor apartment_building",
+                          "bakery (shop)": "shop bakery"}.get(n, n)),
+    "caltech101": ("101_ObjectCategories", "split_zhou_Caltech101.json", lambda n: n.replace(" ", "_")),
+    "ucf101": ("UCF-101-midframes", "split_zhou_UCF101.json", lambda n: n.replace(" ", "_")),
+    "food101": ("images", "split_zhou_Food101.json", lambda n: n.replace(" ", "_")),
+    "dtd": ("images", "split_zhou_DescribableTextures.json", lambda n: n),
+}
+
+
+@pytest.mark.parametrize("key", sorted(COOP_SPELLINGS))
+def test_coop_split_files_with_coop_spellings(key, tmp_path):
+    tree = BUILDERS[key](tmp_path)
+    folder, split_name, spell = COOP_SPELLINGS[key]
+    dataset_dir = tmp_path / tree.reader.dataset_folder
+    image_dir = os.path.join(dataset_dir, folder)
+    reference = tree.reader(make_cfg(tmp_path, **tree.cfg))
+    items = reference.train_x + reference.test
+    records = [(os.path.relpath(d.impath, image_dir), d.label, spell(d.classname)) for d in items]
+    first_of_class = {}
+    for record in records:
+        first_of_class.setdefault(record[1], record)
+    rest = [r for r in records if r not in first_of_class.values()]
+    # every class in train (Dassl derives num_classes from it), the rest spread over the three parts
+    splits = {"train": list(first_of_class.values()) + rest[0::3], "val": rest[1::3], "test": rest[2::3]}
+    write_split_file(str(dataset_dir / split_name), splits, {})
+    dataset = tree.reader(make_cfg(tmp_path, "coop", **tree.cfg))
+    assert dataset.classnames == tree.classnames
+    assert (len(dataset.train_x), len(dataset.val), len(dataset.test)) == tuple(len(splits[p]) for p in
+                                                                                ("train", "val", "test"))
+    for item in dataset.train_x + dataset.val + dataset.test:
+        assert item.label == tree.labels[item.impath]
+
+
+def test_unreadable_image_is_named_by_the_loader(tmp_path):
+    from clipkit.dassl import read_image
+
+    build_oxford_pets(tmp_path)
+    victim = tmp_path / "oxford_pets" / "images" / "Abyssinian_1.jpg"
+    victim.write_bytes(b"this is not a jpeg")
+    dataset = OxfordPets(make_cfg(tmp_path))
+    item = next(d for d in dataset.train_x if d.impath == str(victim))
+    with pytest.raises(OSError, match="Abyssinian_1.jpg"):
+        read_image(item.impath)
