@@ -246,10 +246,84 @@ def trainable_parameters(model: MicroCLIPNet, train_soap: bool) -> Dict[str, nn.
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def autocast_context(device: torch.device, precision: str):
+    """``torch.autocast`` for "bf16" / "fp16" on ``device``; a no-op for "fp32" (TRAINER.MICROCLIP.PREC)."""
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 def per_iteration_cosine(step: int, total_steps: int, base_lr: float, min_lr: float) -> float:
     """LR at ``step`` of a per-iteration cosine from ``base_lr`` to ``min_lr`` without warmup (official schedule)."""
     progress = min(step, total_steps) / max(total_steps, 1)
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+class ComputePlan(NamedTuple):
+    """Which branches a configuration needs; unneeded encoder outputs, crops and NCut calls are skipped."""
+
+    fg_in_loss: bool  # [FG] enters the loss and the test logits (FUSION_CLS_WEIGHT < 1)
+    token_fusion_in_pl: bool  # TokenFusion term of Eq. 13 (GAMMA < 1)
+    fg_in_pl: bool  # [FG] of the weak view is needed by that term
+    uses_crops: bool  # multi-view prior (GAMMA > 0 and PL.PRIOR_VIEWS == "multi")
+
+    @classmethod
+    def from_cfg(cls, node) -> "ComputePlan":
+        token_fusion_in_pl = node.GAMMA < 1.0
+        return cls(
+            fg_in_loss=node.FUSION_CLS_WEIGHT < 1.0,
+            token_fusion_in_pl=token_fusion_in_pl,
+            fg_in_pl=token_fusion_in_pl and node.PL.FUSION_CLS_WEIGHT < 1.0,
+            uses_crops=node.GAMMA > 0.0 and node.PL.PRIOR_VIEWS == "multi",
+        )
+
+
+class StepOutput(NamedTuple):
+    loss: torch.Tensor  # total loss (scalar, with graph)
+    loss_st: torch.Tensor  # L_st, Eq. 14
+    loss_reg: torch.Tensor  # L_reg (fairness)
+    marginal: torch.Tensor  # (C,) detached class marginal for the next step's running mean
+    pseudo_labels: torch.Tensor  # (B,)
+    confidences: torch.Tensor  # (B,) max aggregated raw score
+    weak_mask: Optional[torch.Tensor]  # (B, n) NCut mask of the weak view, if computed
+
+
+@torch.no_grad()
+def pseudo_label(model: MicroCLIPNet, node, plan: ComputePlan, weak: torch.Tensor, crops: Optional[torch.Tensor]):
+    """Eq. 13 on the weak view (no gradient): (labels (B,), confidences (B,), weak-view TokenFeatures).
+
+    Prior term: ``s(f_agg, W)`` with f_agg the softmax-weighted crops (Eqs. 9-12) or the weak [CLS] (single view);
+    TokenFusion term: ``TF(weak, W*)`` on raw cosines (feature fusion officially).
+    """
+    weak_features = model.encode(weak, with_fg=plan.fg_in_pl)
+    prior = token_fusion = None
+    if node.GAMMA > 0.0:
+        classifier = model.w_llm if node.PL.PRIOR_CLASSIFIER == "fixed" else model.w_star
+        if plan.uses_crops:
+            if crops is None:
+                raise ValueError("the multi-view prior needs the crops (batch key img3)")
+            view_features, _ = aggregate_views(model.encode_crops(crops), weak_features.cls, node.CROP_TEMPERATURE)
+        else:
+            view_features = weak_features.cls
+        prior = model.scores(view_features, classifier)  # Eq. 12, raw cosines
+    if plan.token_fusion_in_pl:
+        token_fusion = token_fusion_scores(
+            weak_features.cls, weak_features.fg, model.w_star, node.PL.FUSION_CLS_WEIGHT, 1.0, node.PL.FUSION
+        )
+    labels, confidences = dynamic_knowledge_aggregation(prior, token_fusion, node.GAMMA)
+    return labels, confidences, weak_features
+
+
+def training_step_loss(model: MicroCLIPNet, node, plan: ComputePlan, weak, strong, crops,
+                       previous_marginal: Optional[torch.Tensor]) -> StepOutput:
+    """One self-training step up to the loss (Alg. 1 lines 33-41): pseudo-labels on the weak view / crops, then
+    CE + fairness on the strong view's TokenFusion logits. Images are uint8 on the model's device."""
+    labels, confidences, weak_features = pseudo_label(model, node, plan, weak, crops)
+    logits = model.token_fusion_logits(model.encode(strong, with_fg=plan.fg_in_loss)).float()
+    loss, loss_st, loss_reg, marginal = microclip_loss(
+        logits, labels, previous_marginal, node.FAIRNESS_MOMENTUM, node.FAIRNESS_SCALE, node.CE_WEIGHT,
+        node.FAIRNESS_WEIGHT,
+    )
+    return StepOutput(loss, loss_st, loss_reg, marginal, labels, confidences, weak_features.mask)
 
 
 # ------------------------------------------------------------------------------------------------------- trainer
@@ -286,27 +360,13 @@ class MicroCLIP(CLIPTrainer):
         if cfg.OPTIM.NAME != "adamw":
             print(f"Note: microCLIP uses AdamW officially; OPTIM.NAME={cfg.OPTIM.NAME!r}")
 
-    # ---------------------------------------------------------------------------------------- what is computed
     @property
     def node(self):
         return self.cfg.TRAINER.MICROCLIP
 
     @property
-    def fg_in_loss(self) -> bool:
-        """The [FG] branch enters the loss (and the test logits) unless TokenFusion is [CLS]-only."""
-        return self.node.FUSION_CLS_WEIGHT < 1.0
-
-    @property
-    def token_fusion_in_pl(self) -> bool:
-        return self.node.GAMMA < 1.0
-
-    @property
-    def fg_in_pl(self) -> bool:
-        return self.token_fusion_in_pl and self.node.PL.FUSION_CLS_WEIGHT < 1.0
-
-    @property
-    def uses_crops(self) -> bool:
-        return self.node.GAMMA > 0.0 and self.node.PL.PRIOR_VIEWS == "multi"
+    def plan(self) -> ComputePlan:
+        return ComputePlan.from_cfg(self.node)
 
     # ------------------------------------------------------------------------------------------------- data
     def build_data_loader(self):
@@ -317,7 +377,7 @@ class MicroCLIP(CLIPTrainer):
             view_transform(size, cfg.INPUT.INTERPOLATION, node.WEAK_CROP),
             strong_transform(size, node.STRONG_RRC_SCALE, node.STRONG_HFLIP, node.STRONG_RANDAUGMENT),
         ]
-        if self.uses_crops:
+        if self.plan.uses_crops:
             train_tfms.append(MultiCropTransform(node.N_CROPS, node.CROP_SIDE_RANGE, max(size)))
         test_tfm = view_transform(size, cfg.INPUT.INTERPOLATION, node.TEST_CROP)
         dm = DataManager(cfg, custom_tfm_train=train_tfms, custom_tfm_test=test_tfm)
@@ -360,7 +420,7 @@ class MicroCLIP(CLIPTrainer):
         del clip_model  # the text tower is not needed after this point (Sec. 3.2)
         self.model = MicroCLIPNet(visual, w_llm, w_star, node, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
         self.model.to(self.device)
-        train_soap = self.fg_in_loss and (self.model.soap.uses_attention or node.SOAP.SINK == "learnable")
+        train_soap = self.plan.fg_in_loss and (self.model.soap.uses_attention or node.SOAP.SINK == "learnable")
         params = trainable_parameters(self.model, train_soap)
         self.trainable_names = sorted(params)
         print(f"microCLIP trainable parameters: {sum(p.numel() for p in params.values()):,} in {len(params)} tensors")
@@ -371,58 +431,29 @@ class MicroCLIP(CLIPTrainer):
             self.optim, lambda step: per_iteration_cosine(step, total_steps, base_lr, min_lr) / base_lr
         )
         self.register_model("microclip", self.model, self.optim, self.sched)
-        self.autocast_dtype = PRECISIONS[node.PREC]
         self.scaler = torch.amp.GradScaler(self.device.type) if node.PREC == "fp16" else None
         self._reset_epoch_state()
 
     def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast_context(self.device, self.node.PREC)
 
     # -------------------------------------------------------------------------------------------- one step
     def parse_batch_train(self, batch):
         """-> weak (B,3,S,S), strong (B,3,S,S), crops (B,N,3,S,S) or None (uint8 on the device), and the
         ground-truth labels, which are used ONLY for logging pseudo-label accuracy."""
         to_device = lambda x: x.to(self.device, non_blocking=True)  # noqa: E731
-        crops = to_device(batch["img3"]) if self.uses_crops else None
+        crops = to_device(batch["img3"]) if self.plan.uses_crops else None
         return to_device(batch["img"]), to_device(batch["img2"]), crops, to_device(batch["label"])
 
-    @torch.no_grad()
-    def pseudo_label(self, weak: torch.Tensor, crops: Optional[torch.Tensor]):
-        """Eq. 13 on the weak view: (labels (B,), confidences (B,), weak-view features)."""
-        node, model = self.node, self.model
-        weak_features = model.encode(weak, with_fg=self.fg_in_pl)
-        prior = token_fusion = None
-        if node.GAMMA > 0.0:
-            classifier = model.w_llm if node.PL.PRIOR_CLASSIFIER == "fixed" else model.w_star
-            if crops is not None:
-                view_features, _ = aggregate_views(model.encode_crops(crops), weak_features.cls, node.CROP_TEMPERATURE)
-            else:
-                view_features = weak_features.cls
-            prior = model.scores(view_features, classifier)  # Eq. 12, raw cosines
-        if self.token_fusion_in_pl:
-            token_fusion = token_fusion_scores(
-                weak_features.cls, weak_features.fg, model.w_star, node.PL.FUSION_CLS_WEIGHT, 1.0, node.PL.FUSION
-            )
-        labels, confidences = dynamic_knowledge_aggregation(prior, token_fusion, node.GAMMA)
-        return labels, confidences, weak_features
-
     def forward_backward(self, batch):
-        node = self.node
         weak, strong, crops, true_labels = self.parse_batch_train(batch)
         with self.autocast():
-            pseudo_labels, confidences, weak_features = self.pseudo_label(weak, crops)
-            strong_features = self.model.encode(strong, with_fg=self.fg_in_loss)
-            logits = self.model.token_fusion_logits(strong_features).float()
-        loss, loss_st, loss_reg, self._marginal = microclip_loss(
-            logits, pseudo_labels, self._marginal, node.FAIRNESS_MOMENTUM, node.FAIRNESS_SCALE,
-            node.CE_WEIGHT, node.FAIRNESS_WEIGHT,
-        )
-        self.optimizer_step(loss)
+            out = training_step_loss(self.model, self.node, self.plan, weak, strong, crops, self._marginal)
+        self._marginal = out.marginal
+        self.optimizer_step(out.loss)
         self.update_lr()  # per-iteration cosine schedule
-        self._accumulate_pl_statistics(pseudo_labels, confidences, true_labels, weak_features.mask)
-        return {"loss": loss.detach(), "loss_st": loss_st.detach(), "loss_reg": loss_reg.detach()}
+        self._accumulate_pl_statistics(out.pseudo_labels, out.confidences, true_labels, out.weak_mask)
+        return {"loss": out.loss.detach(), "loss_st": out.loss_st.detach(), "loss_reg": out.loss_reg.detach()}
 
     def optimizer_step(self, loss: torch.Tensor) -> None:
         """Plain backward + AdamW step (no anomaly detection, no create_graph); GradScaler under fp16."""
