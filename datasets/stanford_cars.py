@@ -30,7 +30,8 @@ def read_cars_annotations(path: str, image_folder: str, classnames, reader) -> l
     """Records ``(<image_folder>/<fname>, class - 1, name)`` of an official annotation .mat file."""
     annos = mat_field(load_mat(path, reader, "annotation file"), "annotations", path, reader)
     if annos.dtype.names is None or not {"fname", "class"} <= set(annos.dtype.names):
-        raise DatasetLayoutError(f"{path}: 'annotations' lacks the fields 'fname' and 'class' (is it the labelled file?)")
+        raise DatasetLayoutError(f"{path}: 'annotations' lacks the fields 'fname' and 'class' "
+                                 "(for the test split use cars_test_annos_withlabels.mat)")
     records = []
     for fname, cls in zip(annos["fname"], annos["class"]):
         label = int(cls) - 1

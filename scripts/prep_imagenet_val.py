@@ -51,7 +51,8 @@ def main(argv=None) -> None:
     labels = parser.add_mutually_exclusive_group(required=True)
     labels.add_argument("--solution", help="Kaggle LOC_val_solution.csv")
     labels.add_argument("--devkit", help="extracted ILSVRC2012_devkit_t12 folder")
-    parser.add_argument("--mode", choices=sorted(PLACE), default="symlink", help="how files are placed (default symlink)")
+    parser.add_argument("--mode", choices=sorted(PLACE), default="symlink",
+                        help="how files are placed (default symlink)")
     args = parser.parse_args(argv)
 
     files = sorted(name for name in os.listdir(args.val_dir) if name.lower().endswith((".jpeg", ".jpg")))

@@ -31,7 +31,7 @@ DEFAULT_SEED = 0  # the seed of the split files DATASETS.md reports sizes for
 
 
 def generate(dataset_key: str, root: str, seed: int = DEFAULT_SEED, image_folder: str = "", force: bool = False) -> str:
-    """Write the split file of ``dataset_key`` under ``root``; returns its path. Refuses to overwrite unless ``force``."""
+    """Write the split file of ``dataset_key`` under ``root``; returns its path. Never overwrites unless ``force``."""
     reader = READERS[dataset_key]
     dataset_dir = os.path.join(os.path.abspath(os.path.expanduser(root)), reader.dataset_folder)
     if not os.path.isdir(dataset_dir):

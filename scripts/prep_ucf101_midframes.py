@@ -70,7 +70,8 @@ def middle_frame(path: str):
         except Exception as err:  # ImportError, decoder errors: try the next decoder
             failures.append(f"{name}: {type(err).__name__}: {err}")
     raise RuntimeError(f"cannot decode {path}:\n  " + "\n  ".join(failures) +
-                       "\nInstall PyAV (`pip install av`) or use CoOp's UCF-101-midframes archive (DATASETS.md#ucf101).")
+                       "\nInstall PyAV (`pip install av`) or use CoOp's UCF-101-midframes archive "
+                       "(DATASETS.md#ucf101).")
 
 
 def find_videos(videos_dir: str) -> list:

@@ -196,5 +196,6 @@ def test_download_descriptions_from_a_mirror(tmp_path, capsys):
     assert not os.path.exists(dest / "ucf101.json")
     script.main(["--list", "--variant", "full"])
     listing = capsys.readouterr().out
-    assert "imagenet\thttps://raw.githubusercontent.com/sarahpratt/CuPL/main/imagenet_prompts/CuPL_image_prompts.json" in listing
+    cupl = "https://raw.githubusercontent.com/sarahpratt/CuPL/main/"
+    assert f"imagenet\t{cupl}imagenet_prompts/CuPL_image_prompts.json" in listing
     assert len([line for line in listing.splitlines() if "\thttp" in line]) == 13

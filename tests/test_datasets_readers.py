@@ -275,7 +275,8 @@ def build_ucf101(root):
     text(f"{lists}/classInd.txt", [f"{i + 1} {a}" for i, a in enumerate(UCF_ACTIONS)])
     labels, train, test = {}, [], []
     for label, action in enumerate(UCF_ACTIONS):
-        renamed = {"ApplyEyeMakeup": "Apply_Eye_Makeup", "HandstandPushups": "Handstand_Pushups", "YoYo": "Yo_Yo"}[action]
+        renamed = {"ApplyEyeMakeup": "Apply_Eye_Makeup", "HandstandPushups": "Handstand_Pushups",
+                   "YoYo": "Yo_Yo"}[action]
         for group in range(1, 4):
             stem = f"v_{action}_g{group:02d}_c01"
             labels[image(f"{d}/UCF-101-midframes/{renamed}/{stem}.jpg")] = label
@@ -445,7 +446,8 @@ def test_caltech_and_imagenet_subsets_are_seeded(tmp_path):
     overrides = {"DATASET.CALTECH101.TRAIN_PER_CLASS": 2, "DATASET.IMAGENET.TRAIN_PER_CLASS": 2}
     first = [d.impath for d in Caltech101(make_cfg(tmp_path, **overrides)).train_x]
     again = [d.impath for d in Caltech101(make_cfg(tmp_path, **overrides)).train_x]
-    other = [d.impath for d in Caltech101(make_cfg(tmp_path, **overrides, **{"DATASET.CALTECH101.SPLIT_SEED": 1})).train_x]
+    reseeded = make_cfg(tmp_path, **overrides, **{"DATASET.CALTECH101.SPLIT_SEED": 1})
+    other = [d.impath for d in Caltech101(reseeded).train_x]
     assert first == again and first != other
     names = {os.path.basename(d.impath) for d in Caltech101(make_cfg(tmp_path, **overrides)).test}
     assert not any("BACKGROUND" in n for n in names)

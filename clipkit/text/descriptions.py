@@ -6,7 +6,8 @@ class names exactly like a reader does, so each class name is matched in this or
 1. the exact key;
 2. the same letters and digits ignoring case, spaces, underscores, hyphens and punctuation
    (``"Allen's Hummingbird"`` = ``"Allens Hummingbird"``, ``"HandstandPushups"`` = ``"Hand Stand Pushups"``);
-3. the same words in any order, each compared as in 2 (``"2012 Ram C/V Cargo Van Minivan"`` = ``"Ram CV Cargo Van Minivan 2012"``);
+3. the same words in any order, each compared as in 2
+   (``"2012 Ram C/V Cargo Van Minivan"`` = ``"Ram CV Cargo Van Minivan 2012"``);
 4. a known renamed key (``DESCRIPTION_KEY_ALIASES``: CuPL's Caltech101 file uses CLIP's curated names such as
    ``"side of a car"`` where readers say ``"car side"``).
 
@@ -97,7 +98,9 @@ def load_descriptions(path: str, classnames: Sequence[str]) -> Dict[str, List[st
         except json.JSONDecodeError as err:
             raise DescriptionsError(f"{path} is not valid JSON ({err})") from err
     if not isinstance(table, dict):
-        raise DescriptionsError(f"{path}: expected a JSON object {{class name: [sentences]}}, got {type(table).__name__}")
+        raise DescriptionsError(
+            f"{path}: expected a JSON object {{class name: [sentences]}}, got {type(table).__name__}"
+        )
     matched, unmatched = match_class_keys(classnames, list(table))
     if unmatched:
         lines = []

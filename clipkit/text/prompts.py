@@ -75,7 +75,7 @@ def get_custom_template(dataset_key: str) -> str:
 
 
 def resolve_templates(dataset) -> List[str]:
-    """Templates of a dataset object: its ``templates`` attribute if set, else ``get_templates(dataset.dataset_key)``."""
+    """A dataset object's ``templates`` attribute if set, else ``get_templates(dataset.dataset_key)``."""
     own = getattr(dataset, "templates", None)
     if own:
         return _check_template_list(list(own), f"{type(dataset).__name__}.templates")
