@@ -184,12 +184,13 @@ TRAIN:
 
 def test_real_sweep_twice_second_run_skips_everything(tmp_path, tiny_clip_path, tiny_image_folder, capsys,
                                                         monkeypatch):
-    """The sweep on the tiny CLIP: a training-free and a trained test method plus a broken one, then a rerun."""
+    """The sweep on the tiny CLIP: a training-free and a trained test method, then a rerun that skips both (the
+    failure path is covered with a stand-in train.py above: each real job costs a torch import)."""
     data_root, _ = tiny_image_folder
     trainer_yaml = TRAINER_YAML.format(clip=tiny_clip_path)
     configs = write_configs(
         tmp_path / "configs",
-        trainers={name: {"tiny": trainer_yaml} for name in ("SweepZeroShot", "SweepProbe", "SweepBroken")},
+        trainers={name: {"tiny": trainer_yaml} for name in ("SweepZeroShot", "SweepProbe")},
         datasets={"test_folder": 'DATASET:\n  NAME: "TestImageFolder"\n'},
         overrides={"SweepProbe": "test_folder: [OPTIM.MAX_EPOCH, 1]\n"},
     )
@@ -204,11 +205,10 @@ def test_real_sweep_twice_second_run_skips_everything(tmp_path, tiny_clip_path, 
                            "tests.plugins.sweep_trainers,tests.plugins.image_folder_dataset"], log=lines.append)
         return code, "\n".join(lines) + "\n" + capsys.readouterr().out
 
-    code, first = run_all("SweepZeroShot,SweepProbe,SweepBroken")
-    assert code == 1, first
-    assert "3 to run" in first
-    assert "FAILED SweepBroken/test_folder/seed1: RuntimeError: SweepBroken fails on purpose" in first
-    runs = {m: out / "tiny" / "test_folder" / m / "seed1" for m in ("SweepZeroShot", "SweepProbe", "SweepBroken")}
+    code, first = run_all("SweepZeroShot,SweepProbe")
+    assert code == 0, first
+    assert "2 to run" in first and "2 ran, 0 already done, 0 failed" in first
+    runs = {m: out / "tiny" / "test_folder" / m / "seed1" for m in ("SweepZeroShot", "SweepProbe")}
     zero = json.loads((runs["SweepZeroShot"] / "results.json").read_text())
     probe = json.loads((runs["SweepProbe"] / "results.json").read_text())
     assert zero["num_test"] == probe["num_test"] == 6  # 3 classes x (6 - 4 train) images
@@ -216,13 +216,13 @@ def test_real_sweep_twice_second_run_skips_everything(tmp_path, tiny_clip_path, 
     assert [e["epoch"] for e in probe["epochs"]] == [1]  # the dataset override MAX_EPOCH 1 reached train.py
     assert 0.0 <= probe["epochs"][0]["pl_accuracy"] <= 100.0
     assert "Finish training" in (runs["SweepProbe"] / "log.txt").read_text()
-    assert (runs["SweepBroken"] / "failed.txt").is_file() and not (runs["SweepBroken"] / "results.json").exists()
     for method, data in (("SweepZeroShot", zero), ("SweepProbe", probe)):  # the parser's log fallback agrees
         logged = output_parser.parse_log_accuracy((runs[method] / "log.txt").read_text())
         assert logged == pytest.approx(data["accuracy_last"], abs=0.051)  # logs print one decimal
     # the tiny sweep ends with the Markdown table of output_parser
     table = {line.split("|")[1].strip(): line for line in first.splitlines() if line.startswith("| Sweep")}
-    assert f"{zero['accuracy_last']:.2f}" in table["SweepZeroShot"] and "fail" in table["SweepBroken"]
+    assert f"{zero['accuracy_last']:.2f}" in table["SweepZeroShot"] and f"{probe['accuracy_last']:.2f}" in table[
+        "SweepProbe"]
 
     stamps = {m: (runs[m] / "results.json").stat().st_mtime_ns for m in ("SweepZeroShot", "SweepProbe")}
     code, second = run_all("SweepZeroShot,SweepProbe")

@@ -3,7 +3,6 @@
 * ``SweepZeroShot``: zero-shot tiny CLIP with the reader's templates; training-free (the sweep adds ``--eval-only``).
 * ``SweepProbe``: a linear head on frozen CLIP image features, trained by prediction-entropy minimisation; logs the
   training-set pseudo-label accuracy per epoch (``pl_accuracy``, ground truth used for logging only).
-* ``SweepBroken``: fails in ``build_model`` with a known message (the sweep's failure report).
 """
 
 import torch
@@ -13,9 +12,6 @@ import torch.nn.functional as F
 from clipkit.config import CN, cfg_extension
 from clipkit.dassl import TRAINER_REGISTRY, build_lr_scheduler, build_optimizer
 from clipkit.trainer_base import CLIPTrainer
-
-BROKEN_MESSAGE = "SweepBroken fails on purpose (tests the sweep's failure report)"
-
 
 @cfg_extension
 def _add_sweep_cfg(cfg):
@@ -88,10 +84,3 @@ class SweepProbe(CLIPTrainer):
         self.log_epoch_metrics({"pl_accuracy": 100.0 * self._pl_correct / max(self._pl_total, 1)})
         super().after_epoch()
 
-
-@TRAINER_REGISTRY.register()
-class SweepBroken(CLIPTrainer):
-    training_free = True
-
-    def build_model(self):
-        raise RuntimeError(BROKEN_MESSAGE)
