@@ -14,21 +14,11 @@ import importlib
 import os
 import sys
 
-import torch
-
 REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from clipkit import config as clipkit_config  # noqa: E402
-from clipkit.dassl import (  # noqa: E402
-    build_trainer,
-    collect_env_info,
-    get_cfg_default,
-    set_random_seed,
-    setup_logger,
-)
-from clipkit.plugins import import_all_plugins  # noqa: E402
+# torch, the engine and the plugins are imported inside the functions, so that `train.py --help` answers at once.
 
 EXTRA_PLUGINS_ENV = "CLIPKIT_EXTRA_PLUGINS"
 
@@ -82,6 +72,9 @@ def reset_cfg(cfg, args):
 
 def extend_cfg(cfg):
     """Register every plugin (datasets/, trainers/, baselines/, CLIPKIT_EXTRA_PLUGINS), then declare their keys."""
+    from clipkit import config as clipkit_config
+    from clipkit.plugins import import_all_plugins
+
     import_all_plugins()
     import clipkit.trainer_base  # noqa: F401  (declares TEST.EVAL_EVERY_EPOCH)
 
@@ -99,6 +92,8 @@ def _merge_file(cfg, path, flag):
 
 
 def setup_cfg(args):
+    from clipkit.dassl import get_cfg_default
+
     cfg = get_cfg_default()
     extend_cfg(cfg)
     if args.dataset_config_file:
@@ -114,6 +109,10 @@ def setup_cfg(args):
 
 
 def main(args):
+    import torch
+
+    from clipkit.dassl import build_trainer, collect_env_info, set_random_seed, setup_logger
+
     cfg = setup_cfg(args)
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")

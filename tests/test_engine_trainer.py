@@ -237,3 +237,28 @@ def test_classification_block_exact(capsys, tmp_path):
     assert out[11] == f"Confusion matrix is saved to {tmp_path / 'cmat.pt'}"
     assert list(results) == ["accuracy", "error_rate", "macro_f1", "perclass_accuracy"]
     assert results["accuracy"] == pytest.approx(100 * 1134 / 1234)
+
+
+def test_setup_logger_tees_and_never_overwrites(tmp_path, capsys):
+    import sys
+
+    from clipkit.dassl import BACKEND, setup_logger
+
+    if BACKEND == "dassl":
+        pytest.skip("Dassl's Logger closes the console on close(); tested on the internal engine")
+    tee = setup_logger(str(tmp_path))
+    try:
+        print("first run")
+    finally:
+        tee.close()
+    assert sys.stdout is not tee and (tmp_path / "log.txt").read_text() == "first run\n"
+    tee = setup_logger(str(tmp_path))
+    try:
+        print("second run")
+    finally:
+        tee.close()
+    reruns = [name for name in os.listdir(tmp_path) if name.startswith("log.txt-")]
+    assert len(reruns) == 1 and re.fullmatch(r"log\.txt-\d{4}(-\d\d){5}", reruns[0])
+    assert (tmp_path / "log.txt").read_text() == "first run\n"
+    assert (tmp_path / reruns[0]).read_text() == "second run\n"
+    assert "first run" in capsys.readouterr().out
