@@ -14,11 +14,13 @@ Protocols: ``microclip`` = ``DATASET.IMAGENET.TRAIN_PER_CLASS`` (50) random trai
 from __future__ import annotations
 
 import os
+import warnings
 
 from clipkit.config import CN, cfg_extension
 from clipkit.dassl import DATASET_REGISTRY, DatasetBase
 
 from ._common import (
+    DOCS_FILE,
     DatasetLayoutError,
     dataset_root,
     first_existing,
@@ -51,6 +53,10 @@ def read_imagenet_classnames(path: str, reader) -> tuple:
             raise DatasetLayoutError(f"{path}: cannot parse line {line!r} (expected '<wnid> <name>')")
         wnids.append(wnid)
         names.append(name.split(",")[0].strip() if os.path.basename(path) == CLASSNAME_FILES[1] else name.strip())
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        warnings.warn(f"{path}: several classes share the names {duplicates}; their prompts will be identical. "
+                      f"CoOp's classnames.txt (CLIP's curated names) avoids this ({DOCS_FILE}#imagenet).")
     return wnids, names
 
 

@@ -483,6 +483,9 @@ def test_imagenet_falls_back_to_kaggle_synset_mapping(tmp_path):
                                          "n01484850 great white shark, white shark, man-eater"])
     dataset = ImageNet(make_cfg(tmp_path, **{"DATASET.IMAGENET.TRAIN_PER_CLASS": 2}))
     assert dataset.classnames == ["tench", "goldfish", "great white shark"]
+    text(f"{d}/LOC_synset_mapping.txt", ["n01440764 crane", "n01443537 crane", "n01484850 shark"])
+    with pytest.warns(UserWarning, match=r"share the names \['crane'\]"):
+        ImageNet(make_cfg(tmp_path, **{"DATASET.IMAGENET.TRAIN_PER_CLASS": 2}))
 
 
 def test_num_shots_limits_train_per_class(tmp_path):
