@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Sequence
 
+import numpy as np
+
 from clipkit.dassl import Datum
 from clipkit.text.descriptions import name_key, word_key
 
@@ -22,7 +24,8 @@ from ._splits import SPLIT_NAMES, Record, SplitFileError, read_split_file
 
 KNOWN_SPLIT_PROTOCOLS = ("microclip", "coop")
 DOCS_FILE = "DATASETS.md"
-MISSING_IMAGES_SHOWN = 5  # how many missing image paths an error message lists
+ERRORS_SHOWN = 5  # how many missing images / bad split entries an error message lists
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -60,6 +63,7 @@ def require_file(path: str, reader, what: str = "metadata file") -> str:
 
 
 def require_dir(path: str, reader, what: str = "image folder") -> str:
+    """``path`` if it is a folder, else a DatasetLayoutError naming it."""
     if not os.path.isdir(path):
         raise DatasetLayoutError(f"{reader_name(reader)}: {what} not found: {path}. {docs_hint(reader)}")
     return path
@@ -80,6 +84,30 @@ def read_lines(path: str, reader, what: str = "metadata file") -> List[str]:
     require_file(path, reader, what)
     with open(path, encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip()]
+
+
+def list_images(folder: str) -> List[str]:
+    """Sorted names of the image files directly inside ``folder`` (hidden files skipped)."""
+    return sorted(name for name in os.listdir(folder)
+                  if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def load_mat(path: str, reader, what: str = "metadata file") -> dict:
+    """``scipy.io.loadmat(path, squeeze_me=True)`` of an existing MATLAB file, with a clear error if unreadable."""
+    import scipy.io
+
+    require_file(path, reader, what)
+    try:
+        return scipy.io.loadmat(path, squeeze_me=True)
+    except Exception as err:  # scipy raises several types for corrupt / HDF5 files
+        raise DatasetLayoutError(f"{reader_name(reader)}: cannot read {what} {path} ({err}). {docs_hint(reader)}")
+
+
+def mat_field(mat: dict, key: str, path: str, reader):
+    """``mat[key]`` as an at-least-1-D array; raises naming the file when the variable is missing."""
+    if key not in mat:
+        raise DatasetLayoutError(f"{reader_name(reader)}: {path} has no variable {key!r}. {docs_hint(reader)}")
+    return np.atleast_1d(mat[key])
 
 
 def split_protocol(cfg, reader) -> str:
@@ -127,8 +155,8 @@ def load_split_file(path: str, reader, classnames: Sequence[str]) -> Dict[str, l
             elif not same_class(cname, classnames[label]):
                 problems.append(f"[{part}] {impath}: label {label} is {cname!r} in the file, "
                                 f"{classnames[label]!r} in the dataset's metadata")
-    problems = problems[:MISSING_IMAGES_SHOWN] + ([f"... {len(problems) - MISSING_IMAGES_SHOWN} more"]
-                                                  if len(problems) > MISSING_IMAGES_SHOWN else [])
+    problems = problems[:ERRORS_SHOWN] + ([f"... {len(problems) - ERRORS_SHOWN} more"]
+                                                  if len(problems) > ERRORS_SHOWN else [])
     if problems:
         raise DatasetLayoutError(
             f"{reader_name(reader)}: split file {path} disagrees with the label order of the metadata:\n  "
@@ -145,7 +173,7 @@ def to_datums(records: Sequence[Record], image_dir: str, classnames: Sequence[st
     paths = [os.path.join(image_dir, impath) for impath, _, _ in records]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        shown = "\n  ".join(missing[:MISSING_IMAGES_SHOWN])
+        shown = "\n  ".join(missing[:ERRORS_SHOWN])
         raise DatasetLayoutError(
             f"{reader_name(reader)}: {len(missing)} of {len(paths)} images listed in {source} are missing, e.g.\n  "
             f"{shown}\n{docs_hint(reader)}"
@@ -177,31 +205,6 @@ def finalize_splits(cfg, reader, classnames: Sequence[str], train: list, val: li
     return train, val, test
 
 
-def underscores_to_spaces(name: str) -> str:
-    """Prompt-ready spelling of a folder-style class name: ``"apple_pie"`` -> ``"apple pie"``."""
-    return " ".join(name.replace("_", " ").split())
-
-
-def load_mat(path: str, reader, what: str = "metadata file") -> dict:
-    """``scipy.io.loadmat(path, squeeze_me=True)`` of an existing MATLAB file, with a clear error if unreadable."""
-    import scipy.io
-
-    require_file(path, reader, what)
-    try:
-        return scipy.io.loadmat(path, squeeze_me=True)
-    except Exception as err:  # scipy raises several types for corrupt / HDF5 files
-        raise DatasetLayoutError(f"{reader_name(reader)}: cannot read {what} {path} ({err}). {docs_hint(reader)}")
-
-
-def mat_field(mat: dict, key: str, path: str, reader):
-    """``mat[key]`` as an at-least-1-D array; raises naming the file when the variable is missing."""
-    import numpy as np
-
-    if key not in mat:
-        raise DatasetLayoutError(f"{reader_name(reader)}: {path} has no variable {key!r}. {docs_hint(reader)}")
-    return np.atleast_1d(mat[key])
-
-
 def make_splits(cfg, reader, splits: Dict[str, list], image_dir: str, classnames: Sequence[str], source: str) -> tuple:
     """(train, val, test) Datum lists from ``{"train"/"val"/"test": records}``: ``to_datums`` + ``finalize_splits``."""
     train, val, test = (to_datums(splits.get(part, []), image_dir, classnames, reader, source)
@@ -209,10 +212,6 @@ def make_splits(cfg, reader, splits: Dict[str, list], image_dir: str, classnames
     return finalize_splits(cfg, reader, classnames, train, val, test)
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-
-
-def list_images(folder: str) -> List[str]:
-    """Sorted names of the image files directly inside ``folder`` (hidden files skipped)."""
-    return sorted(name for name in os.listdir(folder)
-                  if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS))
+def underscores_to_spaces(name: str) -> str:
+    """Prompt-ready spelling of a folder-style class name: ``"apple_pie"`` -> ``"apple pie"``."""
+    return " ".join(name.replace("_", " ").split())
