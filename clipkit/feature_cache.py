@@ -119,7 +119,10 @@ def cache_file(key: Dict, root: Optional[str] = None) -> str:
     root = root or cache_root()
     kind = f"{key['split']}-crops{key['num_crops']}-seed{key['crop_seed']}" if key["num_crops"] else key["split"]
     name = f"{_safe(kind)}-{_key_digest(key)}.pt"
-    return os.path.join(root, "features", _safe(key["dataset"]), _safe(key["backbone"]), name)
+    backbone = key["backbone"]
+    if os.path.isfile(backbone) or backbone.endswith((".pt", ".pth")):  # a checkpoint path: its file name is enough
+        backbone = os.path.splitext(os.path.basename(backbone))[0]
+    return os.path.join(root, "features", _safe(key["dataset"]), _safe(backbone), name)
 
 
 _DIGESTS: Dict[Tuple[str, int, int], str] = {}
@@ -209,7 +212,8 @@ def load_or_compute(
                 FeatureCacheWarning,
                 stacklevel=2,
             )
-    log(f"Feature cache miss: computing {key['dataset']}/{key['split']} features -> {path}")
+    what = f"{key['num_crops']} crops per image, crop seed {key['crop_seed']}" if key["num_crops"] else "images"
+    log(f"Feature cache miss: computing {key['dataset']}/{key['split']} features ({what}) -> {path}")
     tensors = _checked(compute(), key)
     _atomic_save({"key": key, "tensors": tensors, "checksum": _checksum(tensors)}, path)
     return tensors
