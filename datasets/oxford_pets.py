@@ -63,7 +63,7 @@ class OxfordPets(DatasetBase):
     def __init__(self, cfg):
         self.dataset_dir = dataset_root(cfg, self)
         protocol = split_protocol(cfg, self)
-        image_dir = os.path.join(self.dataset_dir, "images")
+        image_dir = require_dir(os.path.join(self.dataset_dir, "images"), self)
         anno_dir = os.path.join(self.dataset_dir, "annotations")
         trainval_file = os.path.join(anno_dir, "trainval.txt")
         test_file = os.path.join(anno_dir, "test.txt")
@@ -76,6 +76,5 @@ class OxfordPets(DatasetBase):
         else:
             source = os.path.join(self.dataset_dir, self.split_files["coop"])
             splits = load_split_file(source, self, classnames)
-        require_dir(image_dir, self)
         train, val, test = make_splits(cfg, self, splits, image_dir, classnames, source)
         super().__init__(train_x=train, val=val, test=test)
