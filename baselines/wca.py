@@ -73,6 +73,12 @@ class WCA(TrainingFreeTrainer):
         embeddings = description_embeddings(self.clip_model, self.classnames, self.descriptions())
         return weighted_classifier(embeddings, anchors, weighting="softmax", scale=math.exp(node.TEXT_SCALE))
 
+    def model_inference(self, images):
+        raise NotImplementedError(
+            "WCA needs the original images to crop from, not a batch of preprocessed ones; evaluate it with "
+            "trainer.test() (train.py --eval-only), which reads the crops through the feature cache"
+        )
+
     def run_names(self) -> List[str]:
         return [f"crop_seed{seed}" for seed in self.method_cfg.CROP_SEEDS]
 
