@@ -173,3 +173,15 @@ def test_train_py_end_to_end_writes_results(image_root, tiny_clip_path, tmp_path
     assert 0.0 <= results["epochs"][-1]["pl_accuracy"] <= 100.0
     # the final test is the fused logits of the last epoch's model on the same (centre-crop) test view
     assert results["accuracy_last"] == pytest.approx(results["epochs"][-1]["accuracy_fused"], abs=1e-3)
+
+
+def test_frozen_prior_encoder_stays_pretrained(image_root, tiny_clip_path, tmp_path):
+    frozen = os.path.join(CONFIG_DIR, "variants", "paper_frozen_prior_encoder.yaml")
+    trainer = make_trainer(image_root, tiny_clip_path, str(tmp_path), [frozen])
+    model = trainer.model
+    assert set(trainer.trainable_names) == expected_trainable(model)
+    initial = {n: p.detach().clone() for n, p in model.prior_visual.named_parameters()}
+    trainer.forward_backward(next(iter(trainer.train_loader_x)))
+    for name, param in model.prior_visual.named_parameters():
+        assert param.grad is None and torch.equal(param, initial[name]), name
+    assert not torch.equal(model.visual.ln_post.weight, model.prior_visual.ln_post.weight)

@@ -16,6 +16,7 @@ after the classifiers are built). Test: fused logits of the test view. Defaults 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from typing import Dict, NamedTuple, Optional
 
@@ -52,6 +53,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CROP_MODES = ("random", "center")
 PRIOR_VIEWS = ("multi", "single")
 PRIOR_CLASSIFIERS = ("fixed", "learnable")
+PRIOR_ENCODERS = ("tuned", "frozen")
 W_LLM_INITS = ("similarity_weighted", "mean", "handcrafted")
 W_STAR_INITS = ("descriptions", "handcrafted")
 HANDCRAFTED_NORMS = ("frobenius", "per_prompt")
@@ -110,6 +112,9 @@ def _add_microclip_cfg(cfg):
     node.PL.PRIOR_VIEWS = "multi"
     # Classifier of the prior term: "fixed" (frozen W_LLM) or "learnable" (shared W*; Tables 2 and 4 "shared").
     node.PL.PRIOR_CLASSIFIER = "fixed"
+    # Encoder of the prior term (crops and their weighting anchor): "tuned" (official: the encoder being trained,
+    # whose LayerNorms change) or "frozen" (a frozen copy of the pretrained tower: the paper's static CLIP prior).
+    node.PL.PRIOR_ENCODER = "tuned"
     # TokenFusion inside the pseudo-labeler: "feature" (official: normalize(w g + (1-w) l) . W*) or "logit" (paper
     # Eqs. 8/13: w s(g, W*) + (1-w) s(l, W*)).
     node.PL.FUSION = "feature"
@@ -193,6 +198,8 @@ class MicroCLIPNet(nn.Module):
     def __init__(self, visual: nn.Module, w_llm: torch.Tensor, w_star: torch.Tensor, node, pixel_mean, pixel_std):
         super().__init__()
         self.visual = visual
+        # frozen copy of the pretrained tower for the prior term (PL.PRIOR_ENCODER "frozen"), else None
+        self.prior_visual = copy.deepcopy(visual).requires_grad_(False) if node.PL.PRIOR_ENCODER == "frozen" else None
         self.soap = SaliencyAttentionPool(vision_width(visual), node.SOAP.QUERY, node.SOAP.FG_TOKEN, node.SOAP.SINK)
         self.w_star = nn.Parameter(w_star.detach().clone())  # (C, D) W*_LLM; rows normalised where used
         self.register_buffer("w_llm", w_llm.detach().clone())  # (C, D) frozen W_LLM, unit rows
@@ -217,10 +224,16 @@ class MicroCLIPNet(nn.Module):
         pooled, _ = self.soap(tap.patch_tokens, mask)
         return TokenFeatures(tap.cls_feature, project_fg_token(pooled, self.visual.proj), mask)
 
-    def encode_crops(self, crops: torch.Tensor) -> torch.Tensor:
-        """(B, N, 3, S, S) uint8 -> (B, N, D) unit [CLS] features, one batched encoder pass."""
-        features = encode_image_normalized(self.visual, self.preprocess(crops.flatten(0, 1)))
-        return features.view(crops.shape[0], crops.shape[1], -1)
+    @property
+    def prior_encoder(self) -> nn.Module:
+        """The tower of the prior term: the frozen pretrained copy if configured, else the tower being tuned."""
+        return self.visual if self.prior_visual is None else self.prior_visual
+
+    def encode_cls(self, images: torch.Tensor, encoder: Optional[nn.Module] = None) -> torch.Tensor:
+        """(..., 3, S, S) uint8 -> (..., D) unit [CLS] features, one batched pass of ``encoder`` (default: tuned)."""
+        encoder = self.visual if encoder is None else encoder
+        features = encode_image_normalized(encoder, self.preprocess(images.flatten(0, -4)))
+        return features.view(*images.shape[:-3], -1)
 
     def scores(self, features: torch.Tensor, classifier: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         return cosine_scores(features, classifier, scale)
@@ -298,12 +311,15 @@ def pseudo_label(model: MicroCLIPNet, node, plan: ComputePlan, weak: torch.Tenso
     prior = token_fusion = None
     if node.GAMMA > 0.0:
         classifier = model.w_llm if node.PL.PRIOR_CLASSIFIER == "fixed" else model.w_star
+        frozen = model.prior_visual is not None
+        anchor = model.encode_cls(weak, model.prior_visual) if frozen else weak_features.cls
         if plan.uses_crops:
             if crops is None:
                 raise ValueError("the multi-view prior needs the crops (batch key img3)")
-            view_features, _ = aggregate_views(model.encode_crops(crops), weak_features.cls, node.CROP_TEMPERATURE)
+            view_features, _ = aggregate_views(model.encode_cls(crops, model.prior_encoder), anchor,
+                                               node.CROP_TEMPERATURE)
         else:
-            view_features = weak_features.cls
+            view_features = anchor
         prior = model.scores(view_features, classifier)  # Eq. 12, raw cosines
     if plan.token_fusion_in_pl:
         token_fusion = token_fusion_scores(
@@ -337,6 +353,7 @@ class MicroCLIP(CLIPTrainer):
             ("PREC", node.PREC, tuple(PRECISIONS)), ("WEAK_CROP", node.WEAK_CROP, CROP_MODES),
             ("TEST_CROP", node.TEST_CROP, CROP_MODES), ("PL.PRIOR_VIEWS", node.PL.PRIOR_VIEWS, PRIOR_VIEWS),
             ("PL.PRIOR_CLASSIFIER", node.PL.PRIOR_CLASSIFIER, PRIOR_CLASSIFIERS),
+            ("PL.PRIOR_ENCODER", node.PL.PRIOR_ENCODER, PRIOR_ENCODERS),
             ("PL.FUSION", node.PL.FUSION, PL_FUSION_MODES), ("NCUT.VARIANT", node.NCUT.VARIANT, NCUT_VARIANTS),
             ("NCUT.SIGN_RULE", node.NCUT.SIGN_RULE, SIGN_RULES), ("SOAP.QUERY", node.SOAP.QUERY, QUERY_MODES),
             ("SOAP.FG_TOKEN", node.SOAP.FG_TOKEN, FG_TOKEN_MODES), ("SOAP.SINK", node.SOAP.SINK, SINK_MODES),
