@@ -12,13 +12,15 @@ import numpy as np
 
 from .render import MARK_SHAPES, Scene
 
-# Pretraining caption frames: {mark} = "<colour> <shape>[ <shape phrase>]", {body} = "<colour> <body shape>".
+# Pretraining caption frames: {mark} = "<colour> <shape>[ <shape phrase>]", {object} = the body's shape noun.
+# Captions do not name the body colour: a large, easy attribute in the captions lets the contrastive loss fall without
+# the model ever looking at the small mark (measured: 23% in-domain zero-shot after 700 steps with it).
 CAPTION_FRAMES = (
-    "a {body} with a {mark} mark.",
-    "a photo of a {body} marked with a {mark}.",
-    "a {mark} on a {body}.",
-    "a {body} carrying a small {mark}.",
-    "a {body} object, with a {mark} painted on it.",
+    "a {object} with a {mark} mark.",
+    "a photo of a {object} marked with a {mark}.",
+    "a {mark} on a {object}.",
+    "a {object} carrying a small {mark}.",
+    "a {object}-shaped object, with a {mark} painted on it.",
     "an object with a {mark} mark.",
     "a photo of a {mark} mark.",
     "a {mark} drawn on an object.",
@@ -43,13 +45,13 @@ DESCRIPTION_FRAMES = (
 
 
 def caption(rng: np.random.Generator, scene: Scene) -> str:
-    """One random caption naming the scene's mark (and usually its body)."""
+    """One random caption naming the scene's mark (and often the shape of its body)."""
     mark = f"{scene.mark_colour} {scene.mark_shape}"
     if rng.uniform() < SHAPE_PHRASE_PROBABILITY:
         phrases = MARK_SHAPES[scene.mark_shape]
         mark = f"{mark} {phrases[rng.integers(len(phrases))]}"
     frame = CAPTION_FRAMES[rng.integers(len(CAPTION_FRAMES))]
-    return frame.format(mark=mark, body=f"{scene.body_colour} {scene.body_shape}")
+    return frame.format(mark=mark, object=scene.body_shape)
 
 
 def class_descriptions(colour: str, shape: str) -> List[str]:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
@@ -27,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .captions import TEMPLATES, descriptions_json
-from .render import BENCHMARK_DOMAIN, MARK_COLOURS, MARK_SHAPES, SceneDomain, render
+from .render import BENCHMARK_DOMAIN, MARK_COLOURS, MARK_SHAPES, SceneDomain, render, source_digest
 
 DATASET_DIRNAME = "tiny_finegrained"
 METADATA_FILE = "metadata.json"
@@ -54,7 +55,11 @@ class BenchmarkConfig:
             raise ValueError(f"BenchmarkConfig: unknown mark attributes {unknown}; colours: {list(MARK_COLOURS)}, shapes: {list(MARK_SHAPES)}")
 
     def digest(self) -> str:
-        text = json.dumps({"format_version": FORMAT_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        """Hash of the config and of the generator's source code (a change of either regenerates the dataset)."""
+        from . import captions, render as renderer
+
+        code = source_digest(renderer, captions, sys.modules[__name__])
+        text = json.dumps({"format_version": FORMAT_VERSION, "code": code, **dataclasses.asdict(self)}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def classes(self) -> List[Dict[str, object]]:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from clipkit.clip import build_tiny_clip, save_tiny_clip, tokenize
 
 from .captions import caption
-from .render import MARK_COLOURS, MARK_SHAPES, PRETRAIN_DOMAIN, SceneDomain, render
+from .render import MARK_COLOURS, MARK_SHAPES, PRETRAIN_DOMAIN, SceneDomain, render, source_digest
 
 # CLIP's image normalisation (OpenAI mean / std); the benchmark configs use the same values.
 CLIP_PIXEL_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -55,8 +56,11 @@ class PretrainRecipe:
     max_logit_scale: float = 100.0  # CLIP clamps exp(logit_scale) at 100
 
     def digest(self) -> str:
-        """Stable hash of the recipe (used to detect a stale cached checkpoint)."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        """Hash of the recipe and of the code that renders, captions and trains (detects a stale checkpoint)."""
+        from . import captions as captions_module, render as render_module
+
+        code = source_digest(render_module, captions_module, sys.modules[__name__])
+        text = json.dumps({"code": code, **dataclasses.asdict(self)}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def shortened(self, **changes) -> "PretrainRecipe":

@@ -75,7 +75,7 @@ class SceneDomain:
 PRETRAIN_DOMAIN = SceneDomain(
     body_radius=(20.0, 26.0),
     centre_jitter=0.25,
-    mark_radius=(6.5, 8.5),
+    mark_radius=(5.0, 8.0),
     mark_offset=0.3,
     clutter_count=(0, 0),
     background_gradient=20.0,
@@ -105,6 +105,17 @@ class Scene:
     mark_angle: float
     clutter: List[Tuple[int, float, float, float, float, float, Tuple[float, float, float]]] = field(default_factory=list)
     # clutter element: (kind 0=blob 1=stroke, x, y, size, aspect, angle, rgb)
+
+
+def source_digest(*modules) -> str:
+    """SHA-256 (16 hex) of the source files of ``modules``: cached artefacts are keyed by the code that made them."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for module in modules:
+        with open(module.__file__, "rb") as handle:
+            digest.update(handle.read())
+    return digest.hexdigest()[:16]
 
 
 def _jitter(rng: np.random.Generator, rgb, std: float) -> Tuple[float, float, float]:

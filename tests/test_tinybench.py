@@ -1,0 +1,124 @@
+"""The embedded tiny benchmark: deterministic generation, pretraining, reader, checkpoint name, end-to-end run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from clipkit.tinybench import captions, generate, pretrain, render
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = generate.BenchmarkConfig(train_per_class=3, test_per_class=2)  # 20 classes, 60 train + 40 test images
+# A few seconds of pretraining: small pool, small batches, the default architecture.
+SHORT_RECIPE = pretrain.DEFAULT_RECIPE.shortened(pool_size=256, steps=40, batch_size=32, warmup_steps=5, lr=2e-3)
+
+
+def _files(folder):
+    out = {}
+    for base, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(base, name)
+            with open(path, "rb") as handle:
+                out[os.path.relpath(path, folder)] = handle.read()
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_benchmark(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_data")
+    return str(root), generate.generate_dataset(str(root), SMALL, log=None)
+
+
+def test_generation_is_byte_deterministic_and_seed_dependent(small_benchmark, tmp_path):
+    _, first = small_benchmark
+    second = generate.generate_dataset(str(tmp_path / "again"), SMALL, log=None)
+    assert _files(first) == _files(second)
+    other_seed = generate.generate_dataset(str(tmp_path / "seed1"), generate.BenchmarkConfig(
+        seed=1, train_per_class=3, test_per_class=2), log=None)
+    png = os.path.join("images", "train", "00_red_circle", "000000.png")
+    assert _files(first)[png] != _files(other_seed)[png]
+
+
+def test_generation_skips_complete_folder_and_repairs_damaged_one(small_benchmark, tmp_path):
+    root = str(tmp_path)
+    folder = generate.generate_dataset(root, SMALL, log=None)
+    assert generate.is_complete(folder, SMALL, verify_hash=True)
+    assert not generate.is_complete(folder, generate.DEFAULT_CONFIG)  # another config: not this dataset
+    victim = os.path.join(folder, "images", "test", "03_red_cross", "000003.png")
+    stamp = os.stat(os.path.join(folder, generate.MANIFEST_FILE)).st_mtime_ns
+    generate.generate_dataset(root, SMALL, log=None)  # complete: skipped
+    assert os.stat(os.path.join(folder, generate.MANIFEST_FILE)).st_mtime_ns == stamp
+    with open(victim, "ab") as handle:
+        handle.write(b"x")
+    assert generate.is_complete(folder, SMALL) and not generate.is_complete(folder, SMALL, verify_hash=True)
+    os.remove(victim)
+    assert not generate.is_complete(folder, SMALL)
+    generate.generate_dataset(root, SMALL, log=None)
+    assert generate.is_complete(folder, SMALL, verify_hash=True)
+    assert not [p for p in os.listdir(root) if ".tmp" in p]  # staging folder renamed away
+
+
+def test_class_is_a_small_local_detail():
+    """Same nuisance draws, different class: only the mark's few pixels change."""
+    domain = render.BENCHMARK_DOMAIN
+    a, scene_a = render.render(np.random.default_rng(7), domain, "red", "star")
+    b, scene_b = render.render(np.random.default_rng(7), domain, "blue", "square")
+    assert scene_a.body_centre == scene_b.body_centre and scene_a.clutter == scene_b.clutter
+    changed = np.abs(a.astype(int) - b.astype(int)).max(axis=2) > 0
+    assert 0 < changed.mean() < 0.05
+    ys, xs = np.nonzero(changed)
+    centre = np.array(scene_a.mark_centre)
+    reach = np.hypot(xs + 0.5 - centre[0], ys + 0.5 - centre[1]).max()
+    assert reach < 2 * domain.mark_radius[1]
+
+
+def test_metadata_and_descriptions(small_benchmark):
+    _, folder = small_benchmark
+    metadata = generate.load_metadata(folder)
+    names = [c["name"] for c in metadata["classes"]]
+    assert len(names) == 20 and names[0] == "red circle" and names[-1] == "yellow star"
+    assert [c["label"] for c in metadata["classes"]] == list(range(20))
+    with open(os.path.join(folder, generate.DESCRIPTIONS_FILE)) as handle:
+        descriptions = json.load(handle)
+    assert list(descriptions) == names
+    assert all(len(set(d)) >= 5 and all(c["mark_colour"] in s for s in d)
+               for c, d in zip(metadata["classes"], descriptions.values()))
+    assert all(t.count("{}") == 1 for t in metadata["templates"])
+    assert not set(captions.TEMPLATES) & {f.replace("{mark}", "{}") for f in captions.CAPTION_FRAMES}
+
+
+def test_missing_dataset_says_how_to_prepare(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"python -m clipkit.tinybench.prepare --data-root"):
+        generate.load_metadata(generate.dataset_dir(str(tmp_path)))
+
+
+def test_trimmed_tokens_give_the_same_text_features():
+    from clipkit.clip import build_tiny_clip, tokenize
+
+    model = build_tiny_clip(seed=0)
+    texts = ["a red star on a grey oval.", "an object with a blue cross mark."]
+    with torch.no_grad():
+        full = model.encode_text(tokenize(texts))
+        trimmed = model.encode_text(pretrain.tokenize_trimmed(texts))
+    assert pretrain.tokenize_trimmed(texts).shape[1] < 77
+    torch.testing.assert_close(full, trimmed, rtol=1e-5, atol=1e-5)
+
+
+def test_short_pretraining_lowers_loss_and_round_trips(tmp_path):
+    from clipkit.clip import load_clip
+
+    model, history = pretrain.pretrain(SHORT_RECIPE, log=None)
+    losses = history["loss"]
+    assert len(losses) == SHORT_RECIPE.steps and all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3, losses
+    path = str(tmp_path / "bench.pt")
+    pretrain.save_pretrained(model, history, SHORT_RECIPE, path)
+    assert pretrain.is_pretrained(path, SHORT_RECIPE) and not pretrain.is_pretrained(path, pretrain.DEFAULT_RECIPE)
+    loaded = load_clip(path)
+    image = pretrain.to_model_input(np.zeros((1, 64, 64, 3), dtype=np.uint8))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_image(image), model.encode_image(image))
