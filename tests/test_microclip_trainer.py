@@ -185,3 +185,22 @@ def test_frozen_prior_encoder_stays_pretrained(image_root, tiny_clip_path, tmp_p
     for name, param in model.prior_visual.named_parameters():
         assert param.grad is None and torch.equal(param, initial[name]), name
     assert not torch.equal(model.visual.ln_post.weight, model.prior_visual.ln_post.weight)
+
+
+def test_strong_view_survives_maximal_posterize_and_is_uint8():
+    from PIL import Image
+
+    from trainers.microclip import posterize_keeping_zero_bits, strong_transform
+
+    transform = strong_transform((64, 64), (0.3, 1.0), 0.5, "rand-m9-mstd0.5-inc1")
+    posterize_ops = [op for stage in transform.transforms for op in getattr(stage, "ops", ())
+                     if op.name == "PosterizeIncreasing"]
+    assert posterize_ops and all(op.aug_fn is posterize_keeping_zero_bits for op in posterize_ops)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    assert np.asarray(posterize_ops[0].aug_fn(image, 0)).max() == 0  # magnitude 10 -> 0 bits -> black
+    op = posterize_ops[0]
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0.0
+    out = op(image)  # raised ValueError with timm's own posterize on recent Pillow
+    assert np.asarray(out).max() == 0
+    view = transform(image)
+    assert view.dtype == torch.uint8 and view.shape == (3, 64, 64)
