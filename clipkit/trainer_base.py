@@ -209,8 +209,9 @@ class CLIPTrainer(TrainerX):
     # ---------------------------------------------------------------------------------------------- results.json
     def extra_results(self) -> Dict:
         """Method-specific additions to results.json (must not reuse schema keys)."""
-        summary = getattr(self, "run_summary", None)
-        return {"run_summary": summary()} if callable(summary) and summary() else {}
+        summary_fn = getattr(self, "run_summary", None)  # optional method hook (training-free runs, microCLIP)
+        summary = summary_fn() if callable(summary_fn) else None
+        return {"run_summary": summary} if summary else {}
 
     def write_results(self) -> str:
         """Write ``OUTPUT_DIR/<TEST.RESULTS_FILE>`` from the last ``test()`` (call it after the final test)."""
