@@ -68,7 +68,8 @@ def _run(make_trainer_fn: Callable[[str], object], output_dir: str, seed: int, l
     def recording_forward_backward(*args, **kwargs):
         summary = forward_backward(*args, **kwargs) or {}
         keys = loss_keys if loss_keys is not None else [k for k in summary if _is_loss_key(k)]
-        steps.append({k: float(summary[k].item() if isinstance(summary[k], torch.Tensor) else summary[k]) for k in keys})
+        values = {k: summary[k] for k in keys}
+        steps.append({k: float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in values.items()})
         return summary
 
     trainer.forward_backward = recording_forward_backward

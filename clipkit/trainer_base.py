@@ -16,7 +16,6 @@ the same folder (Dassl resumes it: no epoch is trained, the final test runs agai
 
 from __future__ import annotations
 
-import os
 import os.path as osp
 import resource
 import sys
@@ -103,7 +102,8 @@ class CLIPTrainer(TrainerX):
         return list(get_templates(self.dataset_key))
 
     def descriptions(self) -> Dict[str, List[str]]:
-        """{classname: [sentence, ...]} from ``clipkit.text.resolve_descriptions(cfg, dataset)`` (DATASET.DESCRIPTIONS)."""
+        """{classname: [sentence, ...]} from ``clipkit.text.resolve_descriptions(cfg, dataset)`` (honours
+        DATASET.DESCRIPTIONS, else the reader's ``default_descriptions_path()``, else the repo's file)."""
         from clipkit.text import resolve_descriptions
 
         return resolve_descriptions(self.cfg, self.dm.dataset)

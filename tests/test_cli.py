@@ -83,7 +83,8 @@ def test_merge_order_and_bad_key_error(tmp_path):
 
     os.environ["CLIPKIT_EXTRA_PLUGINS"] = PLUGINS
     try:
-        dataset_yaml = write_yaml(tmp_path / "d.yaml", "DATASET:\n  NAME: FromDataset\nOPTIM:\n  LR: 0.1\n  MAX_EPOCH: 7\n")
+        dataset_yaml = write_yaml(tmp_path / "d.yaml",
+                                  "DATASET:\n  NAME: FromDataset\nOPTIM:\n  LR: 0.1\n  MAX_EPOCH: 7\n")
         method_yaml = write_yaml(tmp_path / "m.yaml", "OPTIM:\n  LR: 0.2\nSEED: 5\n")
         parser = train.build_parser()
         args = parser.parse_args(["--dataset-config-file", dataset_yaml, "--config-file", method_yaml,

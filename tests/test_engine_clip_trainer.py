@@ -54,8 +54,8 @@ def test_relaunch_of_finished_run_rewrites_identical_results(root, tmp_path):
 
 
 def test_text_resources_and_clip_loading(root, tmp_path, tiny_clip_path):
-    trainer = build_trainer(tiny_run_cfg(root, tmp_path, trainer="TrivialZeroShot", MODEL__BACKBONE__NAME=tiny_clip_path,
-                                         INPUT__SIZE=(64, 64)))
+    trainer = build_trainer(tiny_run_cfg(root, tmp_path, trainer="TrivialZeroShot",
+                                         MODEL__BACKBONE__NAME=tiny_clip_path, INPUT__SIZE=(64, 64)))
     assert trainer.dataset_key == "test_folder"
     assert trainer.classnames == ["blue", "green", "red"]
     assert trainer.templates() == ["a photo of a {}.", "a picture of the color {}."]
@@ -69,8 +69,8 @@ def test_text_resources_and_clip_loading(root, tmp_path, tiny_clip_path):
 
 
 def test_descriptions_come_from_the_reader(root, tmp_path, tiny_clip_path):
-    trainer = build_trainer(tiny_run_cfg(root, tmp_path, trainer="TrivialZeroShot", MODEL__BACKBONE__NAME=tiny_clip_path,
-                                         INPUT__SIZE=(64, 64)))
+    trainer = build_trainer(tiny_run_cfg(root, tmp_path, trainer="TrivialZeroShot",
+                                         MODEL__BACKBONE__NAME=tiny_clip_path, INPUT__SIZE=(64, 64)))
     descriptions = trainer.descriptions()
     assert set(descriptions) == {"blue", "green", "red"} and all(len(v) == 3 for v in descriptions.values())
 
