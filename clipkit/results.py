@@ -9,7 +9,8 @@ Schema (docs/architecture.md); accuracies are percentages at full precision (the
 ``seed``                   SEED
 ``accuracy_last``          test accuracy of the deployed model (final ``test()``)
 ``accuracy_best``          best per-epoch test accuracy when the method evaluates every epoch, else accuracy_last
-``best_epoch``             1-based epoch of accuracy_best (0 for a run without training)
+``best_epoch``             1-based epoch of accuracy_best: the best test epoch with per-epoch tests, the best-val
+                           checkpoint's epoch with TEST.FINAL_MODEL best_val, else MAX_EPOCH; 0 without training
 ``best_is_test_selection`` true when accuracy_best was selected on the test set (an oracle number, report as such)
 ``macro_f1``               macro F1 of the final test (percent)
 ``per_class_accuracy``     {classname: accuracy} of the final test

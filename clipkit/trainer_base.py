@@ -26,7 +26,7 @@ import torch
 
 from clipkit import results as results_io
 from clipkit.config import cfg_extension
-from clipkit.dassl import TrainerX
+from clipkit.dassl import TrainerX, load_checkpoint
 
 RUN_RECORD_FILE = "run_record.json"
 
@@ -265,9 +265,17 @@ class CLIPTrainer(TrainerX):
         return path
 
     def _deployed_epoch(self) -> int:
-        """Epochs behind the deployed model: MAX_EPOCH after training, 0 for an eval-only run in a fresh folder."""
+        """Epochs behind the deployed model: the best-val checkpoint's epoch (TEST.FINAL_MODEL best_val), else
+        MAX_EPOCH after training; 0 for an eval-only run in a fresh folder."""
         trained = bool(self._epoch_records) or self._epochs_trained_now > 0 or self.start_epoch > 0
-        return int(self.max_epoch) if trained and not self.training_free else 0
+        if not trained or self.training_free:
+            return 0
+        names = self.get_model_names()
+        if self.cfg.TEST.FINAL_MODEL == "best_val" and names:
+            best_path = osp.join(self.output_dir, names[0], "model-best.pth.tar")
+            if osp.isfile(best_path):
+                return int(load_checkpoint(best_path)["epoch"])
+        return int(self.max_epoch)
 
     def _dataset_key_or_name(self) -> str:
         return getattr(self.dm.dataset, "dataset_key", "") or self.cfg.DATASET.NAME

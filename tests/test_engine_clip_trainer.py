@@ -45,6 +45,13 @@ def test_without_per_epoch_test_best_is_last(root, tmp_path):
     assert data["best_epoch"] == 2 and [set(r) for r in data["epochs"]] == [{"epoch", "train_acc"}] * 2
 
 
+def test_best_val_reports_the_checkpoint_epoch(root, tmp_path):
+    build_trainer(tiny_run_cfg(root, tmp_path, OPTIM__MAX_EPOCH=3, TEST__FINAL_MODEL="best_val")).train()
+    data = results_io.read_results(str(tmp_path / "results.json"))
+    best = torch.load(tmp_path / "probe" / "model-best.pth.tar", weights_only=True)
+    assert data["best_epoch"] == best["epoch"] and data["best_is_test_selection"] is False
+
+
 def test_relaunch_of_finished_run_rewrites_identical_results(root, tmp_path):
     build_trainer(tiny_run_cfg(root, tmp_path, OPTIM__MAX_EPOCH=2, TEST__EVAL_EVERY_EPOCH=True)).train()
     first = (tmp_path / "results.json").read_text()
