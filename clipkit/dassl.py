@@ -6,13 +6,14 @@ Backend selection (environment variable ``CLIPKIT_ENGINE``):
   * ``internal``: ``clipkit.engine`` even when Dassl is installed.
 ``BACKEND`` says which one is live ("dassl" or "internal"). One process uses one backend: registries are global.
 
-With real Dassl, five shims for modern torch / NumPy are applied at import, each reported on stderr:
+With real Dassl, six shims for modern torch / NumPy are applied at import, each reported on stderr:
   1. warmup schedulers: drop the ``verbose`` argument removed from torch's LRScheduler, and save the successor's
      state instead of the pickled successor (which also fixes the LR freezing after resume);
   2. ``load_checkpoint``: ``torch.load(weights_only=False)`` for the engine's own (trusted, local) checkpoints;
   3. ``TrainerBase.load_model``: accept checkpoints whose ``val_result`` is None (every non-best checkpoint);
   4. ``build_transform``: reject the augmentations that use ``np.int`` with an error naming INPUT.TRANSFORMS;
-  5. ``DatasetWrapper``: an unreadable image raises an error naming the file.
+  5. ``DatasetWrapper``: an unreadable image raises an error naming the file;
+  6. ``compute_accuracy``: top-k for k > 1 (Dassl's ``.view(-1)`` fails on current torch).
 """
 
 from __future__ import annotations
@@ -110,6 +111,16 @@ def _apply_dassl_shims() -> None:
     dassl_data_manager.read_image = own_utils.read_image
     _report_shim("DatasetWrapper: read_image errors name the file")
 
+    # 6. top-k accuracy: Dassl's .view(-1) on a transposed slice raises for k > 1 on current torch
+    import dassl.metrics as dassl_metrics
+    import dassl.metrics.accuracy as dassl_accuracy
+
+    from .engine import evaluation as own_evaluation
+
+    for module in (dassl_metrics, dassl_accuracy):
+        module.compute_accuracy = own_evaluation.compute_accuracy
+    _report_shim("compute_accuracy: top-k with k > 1 (view -> reshape)")
+
 
 _ENGINE = _requested_engine()
 
@@ -123,7 +134,7 @@ if _dassl_importable(_ENGINE):
     from dassl.data.transforms import INTERPOLATION_MODES, build_transform
     from dassl.engine import TRAINER_REGISTRY, SimpleTrainer, TrainerBase, TrainerX, TrainerXU, build_trainer
     from dassl.evaluation import EVALUATOR_REGISTRY, Classification, EvaluatorBase, build_evaluator
-    from dassl.metrics import compute_accuracy
+    from dassl.metrics import compute_accuracy  # the shimmed one
     from dassl.optim import build_lr_scheduler, build_optimizer
     from dassl.utils import (
         AverageMeter,
