@@ -569,5 +569,6 @@ class MicroCLIP(CLIPTrainer):
             return self.model(images).float()
 
     def run_summary(self) -> Dict:
+        """Extra results.json entry: size of the trainable set."""
         return {"trainable_parameters": int(sum(p.numel() for p in self.model.parameters() if p.requires_grad)),
-                "trainable_tensors": self.trainable_names}
+                "trainable_tensors": len(self.trainable_names)}
