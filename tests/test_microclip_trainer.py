@@ -23,6 +23,15 @@ SWITCH_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, "ablations", "*.yaml"))
 CLASSNAMES = ["red", "green", "blue"]
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: one intra-op thread is much faster than several on a shared CPU (restored afterwards)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory):
     """<root>/images/<class>/<i>.jpg (3 classes x 6: 4 train + 2 test each) and <root>/descriptions.json."""
@@ -157,7 +166,8 @@ def test_bad_switch_names_the_key(image_root, tiny_clip_path, tmp_path):
 
 def test_train_py_end_to_end_writes_results(image_root, tiny_clip_path, tmp_path):
     out = tmp_path / "run"
-    env = dict(os.environ, CLIPKIT_EXTRA_PLUGINS="tests.plugins.image_folder_dataset", PYTHONPATH=REPO)
+    env = dict(os.environ, CLIPKIT_EXTRA_PLUGINS="tests.plugins.image_folder_dataset", PYTHONPATH=REPO,
+               OMP_NUM_THREADS="1")
     cmd = [sys.executable, os.path.join(REPO, "train.py"), "--root", image_root, "--trainer", "MicroCLIP",
            "--config-file", TINY_YAML, "--output-dir", str(out), "--seed", "1",
            "DATASET.NAME", "TestImageFolder", "MODEL.BACKBONE.NAME", tiny_clip_path, "DATALOADER.NUM_WORKERS", "0",
