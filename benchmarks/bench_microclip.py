@@ -46,7 +46,7 @@ def build_visual(backbone: str):
 
         torch.manual_seed(0)
         model = CLIP(**ARCHITECTURES[backbone]).float()
-    return model.visual, model.embed_dim if hasattr(model, "embed_dim") else model.visual.output_dim
+    return model.visual
 
 
 def microclip_node(num_crops: int, precision: str):
@@ -85,10 +85,11 @@ def main(argv=None):
     device = torch.device(args.device)
     cfg = microclip_node(args.crops, args.amp)
     node = cfg.TRAINER.MICROCLIP
-    visual, embed_dim = build_visual(args.backbone)
+    visual = build_visual(args.backbone)
     side = visual.input_resolution
     generator = torch.Generator().manual_seed(0)
-    classifier = torch.nn.functional.normalize(torch.randn(args.classes, visual.output_dim, generator=generator), dim=-1)
+    classifier = torch.randn(args.classes, visual.output_dim, generator=generator)
+    classifier = torch.nn.functional.normalize(classifier, dim=-1)
     model = mc.MicroCLIPNet(visual, classifier, classifier, node, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
     model.to(device).train()
     params = mc.trainable_parameters(model, train_soap=True)

@@ -108,8 +108,8 @@ def test_cls_only_training_freezes_soap(image_root, tiny_clip_path, tmp_path):
 def test_no_label_leak(image_root, tiny_clip_path, tmp_path):
     from clipkit.testing import assert_no_label_leak
 
-    assert_no_label_leak(lambda out: make_trainer(image_root, tiny_clip_path, out, opts=["TRAINER.MICROCLIP.EPOCH_TEST_METRICS", "False"]),
-                         str(tmp_path))
+    no_epoch_eval = ["TRAINER.MICROCLIP.EPOCH_TEST_METRICS", "False"]
+    assert_no_label_leak(lambda out: make_trainer(image_root, tiny_clip_path, out, opts=no_epoch_eval), str(tmp_path))
 
 
 def test_encode_matches_clip_preprocessing_and_test_logits(image_root, tiny_clip_path, tmp_path):

@@ -1,4 +1,4 @@
-"""microCLIP: unsupervised fine-grained adaptation of CLIP (Silva et al., arXiv 2510.02270), Dassl trainer ``MicroCLIP``.
+"""microCLIP: unsupervised fine-grained adaptation of CLIP (arXiv 2510.02270), the Dassl trainer ``MicroCLIP``.
 
 Per training step (Algorithm 1), on a batch of unlabeled images (uint8 from the loader, normalised on the device):
 
@@ -21,7 +21,6 @@ import math
 from typing import Dict, NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms as T
 from torchvision.transforms.functional import pil_to_tensor
@@ -389,7 +388,9 @@ class MicroCLIP(CLIPTrainer):
             if not 0.0 <= node[key] <= 1.0:
                 raise ValueError(f"TRAINER.MICROCLIP.{key} must lie in [0, 1], got {node[key]}")
         if not 0.0 <= node.PL.FUSION_CLS_WEIGHT <= 1.0:
-            raise ValueError(f"TRAINER.MICROCLIP.PL.FUSION_CLS_WEIGHT must lie in [0, 1], got {node.PL.FUSION_CLS_WEIGHT}")
+            raise ValueError(
+                f"TRAINER.MICROCLIP.PL.FUSION_CLS_WEIGHT must lie in [0, 1], got {node.PL.FUSION_CLS_WEIGHT}"
+            )
         if node.N_CROPS < 1:
             raise ValueError(f"TRAINER.MICROCLIP.N_CROPS must be >= 1, got {node.N_CROPS}")
         low, high = node.CROP_SIDE_RANGE
@@ -530,7 +531,8 @@ class MicroCLIP(CLIPTrainer):
             pl_correct, pl_confidence = (self._pl_sums / self._pl_count).tolist()
             metrics.update(pl_accuracy=100.0 * pl_correct, pl_confidence=pl_confidence)
         if self._mask_count:
-            metrics.update({f"train_{k}": v for k, v in summarize_mask_statistics(self._mask_sums, self._mask_count).items()})
+            mask_statistics = summarize_mask_statistics(self._mask_sums, self._mask_count)
+            metrics.update({f"train_{k}": v for k, v in mask_statistics.items()})
         if self.node.EPOCH_TEST_METRICS:
             metrics.update(self.evaluate_branches())
         self.log_epoch_metrics(metrics)

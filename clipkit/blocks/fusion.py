@@ -32,7 +32,9 @@ def fuse_logits(cls_logits: torch.Tensor, fg_logits: Optional[torch.Tensor], cls
     return cls_weight * cls_logits + (1.0 - cls_weight) * fg_logits
 
 
-def fuse_features(cls_feature: torch.Tensor, fg_feature: Optional[torch.Tensor], cls_weight: float = 0.5) -> torch.Tensor:
+def fuse_features(
+    cls_feature: torch.Tensor, fg_feature: Optional[torch.Tensor], cls_weight: float = 0.5
+) -> torch.Tensor:
     """Official pseudo-labeler fusion: ``normalize(w * cls + (1 - w) * fg)`` (B, D); fg may be None iff w = 1."""
     if cls_weight == 1.0:
         return cls_feature

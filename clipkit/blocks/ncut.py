@@ -85,9 +85,13 @@ def ncut_mask(
     no gradient (the mask is a hard threshold). ``eigensolver`` is injectable for tests.
     """
     if variant not in NCUT_VARIANTS:
-        raise ValueError(f"NCut variant must be one of {NCUT_VARIANTS}, got {variant!r} (TRAINER.MICROCLIP.NCUT.VARIANT)")
+        raise ValueError(
+            f"NCut variant must be one of {NCUT_VARIANTS}, got {variant!r} (TRAINER.MICROCLIP.NCUT.VARIANT)"
+        )
     if sign_rule not in SIGN_RULES:
-        raise ValueError(f"NCut sign rule must be one of {SIGN_RULES}, got {sign_rule!r} (TRAINER.MICROCLIP.NCUT.SIGN_RULE)")
+        raise ValueError(
+            f"NCut sign rule must be one of {SIGN_RULES}, got {sign_rule!r} (TRAINER.MICROCLIP.NCUT.SIGN_RULE)"
+        )
     if tokens.dim() != 3 or tokens.shape[1] < 3:
         raise ValueError(f"ncut_mask expects (B, n, d) tokens with n >= 3, got shape {tuple(tokens.shape)}")
     with torch.no_grad(), torch.autocast(tokens.device.type, enabled=False):
