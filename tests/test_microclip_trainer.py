@@ -139,6 +139,7 @@ def test_official_w_llm_differs_from_w_star_and_paper_mean_equals_it(image_root,
 
 EXTRA_SWITCHES = [
     ["TRAINER.MICROCLIP.PREC", "bf16"],
+    ["TRAINER.MICROCLIP.PREC", "fp16"],
     ["TRAINER.MICROCLIP.SOAP.SINK", "none"],
     ["TRAINER.MICROCLIP.CLASSIFIER.HANDCRAFTED_NORM", "per_prompt"],
     ["TRAINER.MICROCLIP.FAIRNESS_WEIGHT", "0.0"],
