@@ -39,7 +39,7 @@ def test_generation_is_byte_deterministic_and_seed_dependent(small_benchmark, tm
     assert _files(first) == _files(second)
     other_seed = generate.generate_dataset(str(tmp_path / "seed1"), generate.BenchmarkConfig(
         seed=1, train_per_class=3, test_per_class=2), log=None)
-    png = os.path.join("images", "train", "00_red_circle", "000000.png")
+    png = os.path.join("images", "train", SMALL.classes()[0]["dir"], "000000.png")
     assert _files(first)[png] != _files(other_seed)[png]
 
 
@@ -48,7 +48,7 @@ def test_generation_skips_complete_folder_and_repairs_damaged_one(small_benchmar
     folder = generate.generate_dataset(root, SMALL, log=None)
     assert generate.is_complete(folder, SMALL, verify_hash=True)
     assert not generate.is_complete(folder, generate.DEFAULT_CONFIG)  # another config: not this dataset
-    victim = os.path.join(folder, "images", "test", "03_red_cross", "000003.png")
+    victim = os.path.join(folder, "images", "test", SMALL.classes()[3]["dir"], "000003.png")
     stamp = os.stat(os.path.join(folder, generate.MANIFEST_FILE)).st_mtime_ns
     generate.generate_dataset(root, SMALL, log=None)  # complete: skipped
     assert os.stat(os.path.join(folder, generate.MANIFEST_FILE)).st_mtime_ns == stamp
@@ -65,8 +65,8 @@ def test_generation_skips_complete_folder_and_repairs_damaged_one(small_benchmar
 def test_class_is_a_small_local_detail():
     """Same nuisance draws, different class: only the mark's few pixels change."""
     domain = render.BENCHMARK_DOMAIN
-    a, scene_a = render.render(np.random.default_rng(7), domain, "red", "star")
-    b, scene_b = render.render(np.random.default_rng(7), domain, "blue", "square")
+    a, scene_a = render.render(np.random.default_rng(7), domain, "red", "blue")
+    b, scene_b = render.render(np.random.default_rng(7), domain, "blue", "red")
     assert scene_a.body_centre == scene_b.body_centre and scene_a.clutter == scene_b.clutter
     changed = np.abs(a.astype(int) - b.astype(int)).max(axis=2) > 0
     assert 0 < changed.mean() < 0.05
@@ -80,15 +80,16 @@ def test_metadata_and_descriptions(small_benchmark):
     _, folder = small_benchmark
     metadata = generate.load_metadata(folder)
     names = [c["name"] for c in metadata["classes"]]
-    assert len(names) == 20 and names[0] == "red circle" and names[-1] == "yellow star"
+    assert len(names) == 20 and names[0] == "red ring with a green dot" and names[-1] == "purple ring with a yellow dot"
     assert [c["label"] for c in metadata["classes"]] == list(range(20))
     with open(os.path.join(folder, generate.DESCRIPTIONS_FILE)) as handle:
         descriptions = json.load(handle)
     assert list(descriptions) == names
-    assert all(len(set(d)) >= 5 and all(c["mark_colour"] in s for s in d)
+    assert all(len(set(d)) >= 5 and all(c["ring_colour"] in s and c["dot_colour"] in s for s in d)
                for c, d in zip(metadata["classes"], descriptions.values()))
     assert all(t.count("{}") == 1 for t in metadata["templates"])
     assert not set(captions.TEMPLATES) & {f.replace("{mark}", "{}") for f in captions.CAPTION_FRAMES}
+    assert len(set(names)) == 20 and all(c["ring_colour"] != c["dot_colour"] for c in metadata["classes"])
 
 
 def test_missing_dataset_says_how_to_prepare(tmp_path):
@@ -100,7 +101,7 @@ def test_trimmed_tokens_give_the_same_text_features():
     from clipkit.clip import build_tiny_clip, tokenize
 
     model = build_tiny_clip(seed=0)
-    texts = ["a red star on a grey oval.", "an object with a blue cross mark."]
+    texts = ["a red ring with a blue dot on a hexagon.", "an object with a green dot inside a yellow ring mark."]
     with torch.no_grad():
         full = model.encode_text(tokenize(texts))
         trimmed = model.encode_text(pretrain.tokenize_trimmed(texts))
@@ -122,3 +123,69 @@ def test_short_pretraining_lowers_loss_and_round_trips(tmp_path):
     image = pretrain.to_model_input(np.zeros((1, 64, 64, 3), dtype=np.uint8))
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_image(image), model.encode_image(image))
+
+
+def test_checkpoint_name_resolves_after_reader_import(tmp_path, monkeypatch):
+    import datasets.tiny  # noqa: F401  (registers the name)
+    from clipkit import tinybench
+    from clipkit.clip import build_tiny_clip, load_clip, save_tiny_clip
+
+    monkeypatch.setenv("CLIPKIT_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"python -m clipkit.tinybench.prepare"):
+        load_clip(tinybench.CHECKPOINT_NAME)
+    save_tiny_clip(build_tiny_clip(seed=3), tinybench.checkpoint_path())
+    assert load_clip(tinybench.CHECKPOINT_NAME).checkpoint_path == tinybench.checkpoint_path()
+
+
+def _reader_cfg(root, num_shots=-1):
+    import train
+
+    from clipkit.dassl import get_cfg_default
+
+    cfg = get_cfg_default()
+    train.extend_cfg(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs", "datasets", "tiny.yaml"))
+    cfg.DATASET.ROOT = root
+    cfg.DATASET.NUM_SHOTS = num_shots
+    return cfg
+
+
+def test_reader_reports_classes_sizes_and_text_resources(small_benchmark, tmp_path):
+    from datasets.tiny import TinyFineGrained
+
+    from clipkit.text import resolve_descriptions
+
+    root, folder = small_benchmark
+    dataset = TinyFineGrained(_reader_cfg(root))
+    metadata = generate.load_metadata(folder)
+    assert dataset.classnames == [c["name"] for c in metadata["classes"]] and dataset.num_classes == 20
+    assert len(dataset.train_x) == 60 and len(dataset.test) == 40
+    assert all(item.classname == dataset.classnames[item.label] for item in dataset.train_x + dataset.test)
+    assert all(f"{os.sep}test{os.sep}" in item.impath for item in dataset.test)
+    assert dataset.templates == captions.TEMPLATES
+    descriptions = resolve_descriptions(_reader_cfg(root), dataset)
+    assert set(descriptions) == set(dataset.classnames)
+    assert len(TinyFineGrained(_reader_cfg(root, num_shots=1)).train_x) == 20
+    with pytest.raises(FileNotFoundError, match="prepare --data-root"):
+        TinyFineGrained(_reader_cfg(str(tmp_path)))
+
+
+def test_short_microclip_run_through_train_py(small_benchmark, tmp_path):
+    """The real pipeline on the benchmark: generated data, a shortly pretrained CLIP, MicroCLIP via train.py."""
+    if not os.path.isfile(os.path.join(REPO, "trainers", "microclip.py")):
+        pytest.skip("trainers/microclip.py not present")
+    root, _ = small_benchmark
+    model, history = pretrain.pretrain(SHORT_RECIPE.shortened(steps=10), log=None)
+    checkpoint = pretrain.save_pretrained(model, history, SHORT_RECIPE, str(tmp_path / "bench.pt"))
+    out = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(REPO, "train.py"), "--root", root, "--trainer", "MicroCLIP", "--seed", "1",
+           "--dataset-config-file", os.path.join(REPO, "configs", "datasets", "tiny.yaml"),
+           "--config-file", os.path.join(REPO, "configs", "trainers", "MicroCLIP", "tiny.yaml"),
+           "--output-dir", str(out), "MODEL.BACKBONE.NAME", checkpoint, "OPTIM.MAX_EPOCH", "1",
+           "DATALOADER.TRAIN_X.BATCH_SIZE", "16", "DATALOADER.NUM_WORKERS", "0", "USE_CUDA", "False"]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["method"] == "MicroCLIP" and results["dataset"] == "tiny" and results["num_test"] == 40
+    assert 0.0 <= results["accuracy_last"] <= 100.0 and len(results["epochs"]) == 1

@@ -34,7 +34,7 @@ def register_checkpoint() -> None:
 
 
 def ensure_pretrained(recipe=None, force: bool = False, path: Optional[str] = None,
-                      log: Optional[Callable[[str], None]] = print) -> str:
+                      log: Optional[Callable[[str], None]] = print, **pretrain_kwargs) -> str:
     """Pretrain and cache the benchmark CLIP unless a checkpoint made with the same recipe exists; returns its path."""
     from .pretrain import DEFAULT_RECIPE, is_pretrained, pretrain, save_pretrained
 
@@ -44,7 +44,7 @@ def ensure_pretrained(recipe=None, force: bool = False, path: Optional[str] = No
         if log:
             log(f"[tinybench] pretrained tiny CLIP already cached at {path}; skipping pretraining")
         return path
-    model, history = pretrain(recipe, log=log)
+    model, history = pretrain(recipe, log=log, **pretrain_kwargs)
     return save_pretrained(model, history, recipe, path)
 
 

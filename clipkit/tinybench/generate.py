@@ -27,8 +27,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from .captions import TEMPLATES, descriptions_json
-from .render import BENCHMARK_DOMAIN, MARK_COLOURS, MARK_SHAPES, SceneDomain, render, source_digest
+from .captions import TEMPLATES, class_name, descriptions_json
+from .render import BENCHMARK_DOMAIN, MARK_COLOURS, SceneDomain, render, source_digest
 
 DATASET_DIRNAME = "tiny_finegrained"
 METADATA_FILE = "metadata.json"
@@ -43,16 +43,16 @@ class BenchmarkConfig:
     """What the generated dataset depends on (its digest is stored in the manifest)."""
 
     seed: int = 0  # every image is drawn from its own generator seeded by (seed, split, index)
-    mark_colours: Tuple[str, ...] = ("red", "green", "blue", "yellow")  # class = mark colour x mark shape
-    mark_shapes: Tuple[str, ...] = ("circle", "square", "triangle", "cross", "star")
+    # class = (ring colour, dot colour), every ordered pair of distinct colours: 5 colours -> 20 classes
+    mark_colours: Tuple[str, ...] = ("red", "green", "blue", "yellow", "purple")
     train_per_class: int = 150  # unlabelled adaptation images per class
     test_per_class: int = 50  # evaluation images per class
     domain: SceneDomain = BENCHMARK_DOMAIN  # nuisance distribution (small objects, clutter)
 
     def __post_init__(self):
-        unknown = [c for c in self.mark_colours if c not in MARK_COLOURS] + [s for s in self.mark_shapes if s not in MARK_SHAPES]
-        if unknown:
-            raise ValueError(f"BenchmarkConfig: unknown mark attributes {unknown}; colours: {list(MARK_COLOURS)}, shapes: {list(MARK_SHAPES)}")
+        unknown = [c for c in self.mark_colours if c not in MARK_COLOURS]
+        if unknown or len(set(self.mark_colours)) < 2:
+            raise ValueError(f"BenchmarkConfig.mark_colours={self.mark_colours}: need 2+ distinct colours of {list(MARK_COLOURS)}")
 
     def digest(self) -> str:
         """Hash of the config and of the generator's source code (a change of either regenerates the dataset)."""
@@ -65,11 +65,12 @@ class BenchmarkConfig:
     def classes(self) -> List[Dict[str, object]]:
         """Ordered classes: label, prompt-ready name, folder name and attributes."""
         out = []
-        for colour in self.mark_colours:
-            for shape in self.mark_shapes:
-                label = len(out)
-                out.append({"label": label, "name": f"{colour} {shape}", "dir": f"{label:02d}_{colour}_{shape}",
-                            "mark_colour": colour, "mark_shape": shape})
+        for ring in self.mark_colours:
+            for dot in self.mark_colours:
+                if dot != ring:
+                    label = len(out)
+                    out.append({"label": label, "name": class_name(ring, dot), "dir": f"{label:02d}_{ring}_ring_{dot}_dot",
+                                "ring_colour": ring, "dot_colour": dot})
         return out
 
     def per_class(self, split: str) -> int:
@@ -111,7 +112,7 @@ def _write_split(root: str, config: BenchmarkConfig, split: str, classes) -> Lis
         os.makedirs(os.path.join(root, "images", split, cls["dir"]), exist_ok=True)
     for index in range(config.per_class(split) * len(classes)):
         cls = classes[index % len(classes)]
-        image, scene = render(image_generator(config.seed, split, index), config.domain, cls["mark_colour"], cls["mark_shape"])
+        image, scene = render(image_generator(config.seed, split, index), config.domain, cls["ring_colour"], cls["dot_colour"])
         rel = os.path.join("images", split, cls["dir"], f"{index:06d}.png")
         Image.fromarray(image).save(os.path.join(root, rel), optimize=False)
         written.append(rel)

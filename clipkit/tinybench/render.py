@@ -1,6 +1,8 @@
 """Procedural scenes for the tiny benchmark: an object (body) carrying a small mark, over a background.
 
-The class of a scene is its mark (colour x shape); everything else (body shape, colour, size, pose, background and
+The mark is a small target: a coloured ring around a dot of another colour. The class of a scene is its mark
+(ring colour, dot colour), an ordered pair: telling "red ring with a blue dot" from "blue ring with a red dot" needs
+where each colour is, not only which colours are present. Everything else (body shape, colour, size, pose, background and
 clutter) is drawn independently of the class. Two ``SceneDomain`` settings share one renderer: the benchmark domain
 (small objects anywhere, cluttered backgrounds) and the pretraining domain of the tiny CLIP (large centred objects on
 clean backgrounds). Rendering is vectorised NumPy over a batch and uses anti-aliased pseudo signed distances, so it is
@@ -24,15 +26,6 @@ MARK_COLOURS: Dict[str, Tuple[int, int, int]] = {
     "purple": (140, 45, 190),
     "orange": (240, 125, 20),
 }
-# Shape -> phrases saying what the shape looks like (used in captions and in the generated descriptions).
-MARK_SHAPES: Dict[str, Tuple[str, ...]] = {
-    "circle": ("with a round outline", "with no corners", "shaped like a disc"),
-    "square": ("with four equal sides", "with four right-angled corners", "shaped like a box"),
-    "triangle": ("with three corners", "with three straight sides", "pointing upwards"),
-    "cross": ("with two crossing bars", "shaped like a plus sign", "with four arms"),
-    "star": ("with five points", "with five pointed tips", "shaped like a star"),
-    "diamond": ("with four corners pointing up, down, left and right", "shaped like a rhombus", "standing on a corner"),
-}
 BODY_COLOURS: Dict[str, Tuple[int, int, int]] = {
     "grey": (128, 128, 128),
     "white": (228, 228, 222),
@@ -43,12 +36,8 @@ BODY_COLOURS: Dict[str, Tuple[int, int, int]] = {
 }
 BODY_SHAPES: Tuple[str, ...] = ("oval", "block", "hexagon")
 
-# Geometry of each shape relative to its nominal radius r (chosen so that all marks cover a similar area).
-SQUARE_APOTHEM = 0.85  # half side of the square / r
-TRIANGLE_APOTHEM = 0.6  # inradius of the triangle / r (its corners lie at 1.2 r)
-DIAMOND_APOTHEM = 0.72  # distance from centre to each side of the diamond / r
-CROSS_BAR_HALF_WIDTH = 0.36  # half thickness of each bar of the cross / r
-STAR_OUTER, STAR_INNER = 1.2, 0.5  # radius of the star's tips and of its inner corners / r
+# Geometry relative to a nominal radius r.
+DOT_RADIUS = 0.5  # radius of the mark's central dot / the ring's outer radius
 HEXAGON_APOTHEM = 0.93  # body hexagon inradius / r
 
 
@@ -61,23 +50,25 @@ class SceneDomain:
     body_aspect: Tuple[float, float] = (0.65, 1.0)  # body height / width
     body_rotation_deg: float = 180.0  # body rotation drawn uniformly in +-this
     centre_jitter: float = 1.0  # body centre: uniform over this fraction of the free room (0 = image centre)
-    mark_radius: Tuple[float, float] = (4.5, 5.5)  # uniform range of the mark's nominal radius
+    mark_radius: Tuple[float, float] = (5.0, 6.5)  # uniform range of the mark's outer (ring) radius
     mark_offset: float = 0.45  # mark centre: uniform in a disc of this fraction of the body's short half-axis
-    mark_rotation_deg: float = 15.0  # mark rotation drawn uniformly in +-this
     colour_jitter: float = 14.0  # std of the per-channel jitter of every colour (0-255 scale)
     clutter_count: Tuple[int, int] = (4, 9)  # inclusive range of background clutter elements (0, 0 = clean)
     clutter_size: Tuple[float, float] = (3.0, 14.0)  # radius range of clutter blobs / half length of strokes
+    background_saturation: float = 1.0  # 1 = background of any colour, 0 = grey backgrounds only
     background_gradient: float = 60.0  # max brightness change across the background (0 = flat)
     noise_std: float = 5.0  # std of the pixel noise (0-255 scale)
 
 
-# Where a pretraining image may differ from a benchmark image: large centred objects, big marks, clean backgrounds.
+# Where a pretraining image may differ from a benchmark image: large centred objects, big marks, clean grey-ish
+# backgrounds without clutter.
 PRETRAIN_DOMAIN = SceneDomain(
     body_radius=(20.0, 26.0),
     centre_jitter=0.25,
-    mark_radius=(5.0, 8.0),
+    mark_radius=(7.0, 11.0),
     mark_offset=0.3,
     clutter_count=(0, 0),
+    background_saturation=0.25,
     background_gradient=20.0,
     noise_std=2.0,
 )
@@ -88,12 +79,13 @@ BENCHMARK_DOMAIN = SceneDomain()
 class Scene:
     """Parameters of one image (all scalars)."""
 
-    mark_colour: str
-    mark_shape: str
+    ring_colour: str
+    dot_colour: str
     body_colour: str
     body_shape: str
     body_rgb: Tuple[float, float, float]
-    mark_rgb: Tuple[float, float, float]
+    ring_rgb: Tuple[float, float, float]
+    dot_rgb: Tuple[float, float, float]
     background_rgb: Tuple[float, float, float]
     gradient: Tuple[float, float]  # brightness slope along x and y, per image side
     body_centre: Tuple[float, float]
@@ -102,7 +94,6 @@ class Scene:
     body_angle: float
     mark_centre: Tuple[float, float]
     mark_radius: float
-    mark_angle: float
     clutter: List[Tuple[int, float, float, float, float, float, Tuple[float, float, float]]] = field(default_factory=list)
     # clutter element: (kind 0=blob 1=stroke, x, y, size, aspect, angle, rgb)
 
@@ -122,8 +113,8 @@ def _jitter(rng: np.random.Generator, rgb, std: float) -> Tuple[float, float, fl
     return tuple(float(v) for v in np.clip(np.asarray(rgb, dtype=np.float64) + rng.normal(0.0, std, 3), 0, 255))
 
 
-def sample_scene(rng: np.random.Generator, domain: SceneDomain, mark_colour: str, mark_shape: str) -> Scene:
-    """Draw the nuisance parameters of one image whose mark is ``mark_colour`` ``mark_shape``."""
+def sample_scene(rng: np.random.Generator, domain: SceneDomain, ring_colour: str, dot_colour: str) -> Scene:
+    """Draw the nuisance parameters of one image whose mark is a ``ring_colour`` ring around a ``dot_colour`` dot."""
     size = domain.image_size
     body_colour = BODY_COLOURS_NAMES[rng.integers(len(BODY_COLOURS_NAMES))]
     body_shape = BODY_SHAPES[rng.integers(len(BODY_SHAPES))]
@@ -137,6 +128,7 @@ def sample_scene(rng: np.random.Generator, domain: SceneDomain, mark_colour: str
     offset_angle = rng.uniform(0, 2 * np.pi)
     mark_centre = (centre[0] + offset_radius * np.cos(offset_angle), centre[1] + offset_radius * np.sin(offset_angle))
     background = rng.uniform(40, 215, 3)
+    background = background.mean() + domain.background_saturation * (background - background.mean())
     gradient = tuple(float(g) for g in rng.uniform(-1, 1, 2) * domain.background_gradient / 2)
     clutter = []
     for _ in range(rng.integers(domain.clutter_count[0], domain.clutter_count[1] + 1)):
@@ -153,12 +145,13 @@ def sample_scene(rng: np.random.Generator, domain: SceneDomain, mark_colour: str
             )
         )
     return Scene(
-        mark_colour=mark_colour,
-        mark_shape=mark_shape,
+        ring_colour=ring_colour,
+        dot_colour=dot_colour,
         body_colour=body_colour,
         body_shape=body_shape,
         body_rgb=_jitter(rng, BODY_COLOURS[body_colour], domain.colour_jitter),
-        mark_rgb=_jitter(rng, MARK_COLOURS[mark_colour], domain.colour_jitter),
+        ring_rgb=_jitter(rng, MARK_COLOURS[ring_colour], domain.colour_jitter),
+        dot_rgb=_jitter(rng, MARK_COLOURS[dot_colour], domain.colour_jitter),
         background_rgb=tuple(float(v) for v in background),
         gradient=gradient,
         body_centre=(float(centre[0]), float(centre[1])),
@@ -167,7 +160,6 @@ def sample_scene(rng: np.random.Generator, domain: SceneDomain, mark_colour: str
         body_angle=float(body_angle),
         mark_centre=(float(mark_centre[0]), float(mark_centre[1])),
         mark_radius=float(rng.uniform(*domain.mark_radius)),
-        mark_angle=float(np.deg2rad(rng.uniform(-domain.mark_rotation_deg, domain.mark_rotation_deg))),
         clutter=clutter,
     )
 
@@ -189,31 +181,6 @@ def _polygon_distance(u, v, apothem, sides: int, normal_offset: float):
 
 def _box_distance(u, v, half_u, half_v):
     return np.maximum(np.abs(u) - half_u, np.abs(v) - half_v)
-
-
-def _star_distance(u, v, r, points: int = 5):
-    sector = 2 * np.pi / points
-    phi = np.arctan2(v, u) + np.pi / 2  # a tip points up (v < 0 is up)
-    tipness = np.abs(2 * np.mod(phi, sector) / sector - 1)  # 1 at a tip, 0 at an inner corner
-    boundary = r * (STAR_INNER + (STAR_OUTER - STAR_INNER) * tipness)
-    return (np.hypot(u, v) - boundary) * 0.6  # edges are slanted: shrink the radial gap to a rough normal distance
-
-
-def mark_distance(shape: str, u, v, r):
-    if shape == "circle":
-        return np.hypot(u, v) - r
-    if shape == "square":
-        return _box_distance(u, v, SQUARE_APOTHEM * r, SQUARE_APOTHEM * r)
-    if shape == "triangle":  # flat base at the bottom: side normals at 90, 210, 330 degrees (v down)
-        return _polygon_distance(u, v, TRIANGLE_APOTHEM * r, 3, np.pi / 2)
-    if shape == "cross":
-        half = CROSS_BAR_HALF_WIDTH * r
-        return np.minimum(_box_distance(u, v, r, half), _box_distance(u, v, half, r))
-    if shape == "star":
-        return _star_distance(u, v, r)
-    if shape == "diamond":
-        return _polygon_distance(u, v, DIAMOND_APOTHEM * r, 4, np.pi / 4)
-    raise ValueError(f"unknown mark shape {shape!r}; known: {sorted(MARK_SHAPES)}")
 
 
 def body_distance(shape: str, u, v, r, aspect):
@@ -252,20 +219,21 @@ def render_scene(scene: Scene, noise: np.ndarray, image_size: int) -> np.ndarray
     u, v = _local(xs, ys, scene.body_centre, scene.body_angle)
     alpha = _coverage(body_distance(scene.body_shape, u, v, scene.body_radius, scene.body_aspect))
     image = image * (1 - alpha) + np.asarray(scene.body_rgb) * alpha
-    u, v = _local(xs, ys, scene.mark_centre, scene.mark_angle)
-    alpha = _coverage(mark_distance(scene.mark_shape, u, v, scene.mark_radius))
-    image = image * (1 - alpha) + np.asarray(scene.mark_rgb) * alpha
+    rho = np.hypot(xs - scene.mark_centre[0], ys - scene.mark_centre[1])
+    for radius, rgb in ((scene.mark_radius, scene.ring_rgb), (DOT_RADIUS * scene.mark_radius, scene.dot_rgb)):
+        alpha = _coverage(rho - radius)
+        image = image * (1 - alpha) + np.asarray(rgb) * alpha
     return np.clip(np.rint(image + noise), 0, 255).astype(np.uint8)
 
 
-def render(rng: np.random.Generator, domain: SceneDomain, mark_colour: str, mark_shape: str) -> Tuple[np.ndarray, Scene]:
+def render(rng: np.random.Generator, domain: SceneDomain, ring_colour: str, dot_colour: str) -> Tuple[np.ndarray, Scene]:
     """Sample and render one image; returns (uint8 (H, W, 3) array, its scene)."""
-    scene = sample_scene(rng, domain, mark_colour, mark_shape)
+    scene = sample_scene(rng, domain, ring_colour, dot_colour)
     noise = rng.standard_normal((domain.image_size, domain.image_size, 3)) * domain.noise_std
     return render_scene(scene, noise, domain.image_size), scene
 
 
 def render_batch(rng: np.random.Generator, domain: SceneDomain, marks: Sequence[Tuple[str, str]]):
-    """Render one image per (colour, shape) in ``marks``; returns ((B, H, W, 3) uint8, list of scenes)."""
-    images, scenes = zip(*(render(rng, domain, colour, shape) for colour, shape in marks))
+    """Render one image per (ring colour, dot colour) in ``marks``; returns ((B, H, W, 3) uint8, list of scenes)."""
+    images, scenes = zip(*(render(rng, domain, ring, dot) for ring, dot in marks))
     return np.stack(images), list(scenes)
