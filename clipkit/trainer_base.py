@@ -115,7 +115,9 @@ class CLIPTrainer(TrainerX):
 
     def log_epoch_metrics(self, metrics: Dict[str, float]) -> None:
         """Write ``epoch/<key>`` scalars at step ``self.epoch`` and keep them in the record of epoch ``self.epoch + 1``
-        (several calls in one epoch merge)."""
+        (several calls in one epoch merge). The key ``accuracy`` is reserved for the test accuracy (%) of the
+        reported logits after the epoch: when present, results.json's accuracy_best is the best such epoch, flagged
+        ``best_is_test_selection``."""
         epoch_number = self.epoch + 1
         record = next((r for r in self._epoch_records if r["epoch"] == epoch_number), None)
         if record is None:
@@ -222,8 +224,9 @@ class CLIPTrainer(TrainerX):
         y_true, y_pred = self._last_eval["y_true"], self._last_eval["y_pred"]
         accuracy_last = float(results["accuracy"])
 
+        # an epoch record's "accuracy" is, by contract, the test accuracy of the reported logits after that epoch
         tested = [r for r in self._epoch_records if "accuracy" in r]
-        if self.evaluates_every_epoch and tested:
+        if tested:
             best = max(tested, key=lambda r: r["accuracy"])  # first epoch wins a tie
             accuracy_best, best_epoch, test_selection = best["accuracy"], best["epoch"], True
         else:

@@ -184,6 +184,10 @@ def test_train_py_end_to_end_writes_results(image_root, tiny_clip_path, tmp_path
     assert 0.0 <= results["epochs"][-1]["pl_accuracy"] <= 100.0
     # the final test is the fused logits of the last epoch's model on the same (centre-crop) test view
     assert results["accuracy_last"] == pytest.approx(results["epochs"][-1]["accuracy_fused"], abs=1e-3)
+    # the per-epoch fused accuracy feeds the best-epoch statistic, flagged as test-set selection
+    best = max(results["epochs"], key=lambda e: e["accuracy"])
+    assert results["best_is_test_selection"] is True and results["best_epoch"] == best["epoch"]
+    assert results["accuracy_best"] == pytest.approx(best["accuracy_fused"], abs=1e-9)
 
 
 def test_frozen_prior_encoder_stays_pretrained(image_root, tiny_clip_path, tmp_path):

@@ -560,7 +560,8 @@ class MicroCLIP(CLIPTrainer):
             total += labels.shape[0]
         self.set_model_mode("train")
         fused_acc, cls_acc, fg_acc = (100.0 * correct / max(total, 1)).tolist()
-        metrics = {"accuracy_fused": fused_acc, "accuracy_cls": cls_acc, "accuracy_fg": fg_acc}
+        # "accuracy" is the fused (reported) accuracy: results.json's accuracy_best (test-set selection) reads it
+        metrics = {"accuracy": fused_acc, "accuracy_fused": fused_acc, "accuracy_cls": cls_acc, "accuracy_fg": fg_acc}
         if self.model.soap.uses_mask:
             metrics.update({f"test_{k}": v for k, v in summarize_mask_statistics(mask_sums, total).items()})
         return metrics
