@@ -219,3 +219,23 @@ def test_strong_view_survives_maximal_posterize_and_is_uint8():
     assert np.asarray(out).max() == 0
     view = transform(image)
     assert view.dtype == torch.uint8 and view.shape == (3, 64, 64)
+
+
+def test_checkpoint_holds_only_trained_tensors_and_round_trips(image_root, tiny_clip_path, tmp_path):
+    trainer = make_trainer(image_root, tiny_clip_path, str(tmp_path))
+    model = trainer.model
+    trainer.forward_backward(next(iter(trainer.train_loader_x)))
+    state = model.state_dict()
+    assert set(state) == set(trainer.trainable_names)
+    trained = {name: tensor.clone() for name, tensor in state.items()}
+    frozen_before = model.visual.conv1.weight.detach().clone()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(1.0)
+    model.load_state_dict(trained)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, trained[name]), name
+    assert torch.equal(model.visual.conv1.weight, frozen_before)
+    with pytest.raises(RuntimeError, match="missing"):
+        model.load_state_dict({k: v for k, v in trained.items() if k != "w_star"})
