@@ -12,7 +12,7 @@ Subclasses implement
   ``LOGIT_SCALE * <unit image feature, classifier row>``).
 
 With several runs the evaluator receives the predictions of all runs pooled, so the printed Dassl block's accuracy is
-the mean of the per-run accuracies (docs/deviations/baselines.md).
+the mean of the per-run accuracies (DEVIATIONS.md (baselines section)).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Label order = line order of that file (sorted wnids in both).
 
 Protocols: ``microclip`` = ``DATASET.IMAGENET.TRAIN_PER_CLASS`` (50) random train images per class
 (seed ``DATASET.IMAGENET.SUBSET_SEED``) = 50,000 / val 50,000; ``coop`` = all train images / val as test
-(CoOp also uses val as its val split; we leave val empty, see docs/deviations/datasets.md).
+(CoOp also uses val as its val split; we leave val empty, see DEVIATIONS.md (datasets section)).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
     python scripts/download_descriptions.py --list              # print the URLs only
 
 The files are CuPL's, not ours: they are not committed (descriptions/README.md). microCLIP used the "full" files
-for all datasets except Birdsnap, where its file is CuPL's "base" one (docs/deviations/datasets.md). CuPL publishes
+for all datasets except Birdsnap, where its file is CuPL's "base" one (DEVIATIONS.md (datasets section)). CuPL publishes
 ImageNet's "full" descriptions as ``imagenet_prompts/CuPL_image_prompts.json``. ``--base-url`` accepts any mirror
 with the same paths, including ``file://`` folders.
 """

@@ -10,7 +10,7 @@ Per training step (Algorithm 1), on a batch of unlabeled images (uint8 from the 
 
 Trainable: the vision LayerNorm affines, W*_LLM and the SOAP projections (nothing else; the text tower is dropped
 after the classifiers are built). Test: fused logits of the test view. Defaults follow the official code's numerics
-(see docs/deviations/microclip.md); every paper variant and every ablation row is a switch of TRAINER.MICROCLIP.
+(see DEVIATIONS.md (microCLIP section)); every paper variant and every ablation row is a switch of TRAINER.MICROCLIP.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """clipkit's internal engine: a clean-room implementation of the Dassl.pytorch API that CLIP trainers use.
 
 Same names, signatures, hook order, batch dicts, checkpoint layout and printed lines as Dassl 0.6.3 (see
-docs/deviations/engine.md for the documented differences). Do not import this package from trainers: import from
+DEVIATIONS.md (engine section) for the documented differences). Do not import this package from trainers: import from
 ``clipkit.dassl``, which picks real Dassl or this engine.
 """
 
