@@ -26,7 +26,7 @@ import torch
 
 from clipkit import results as results_io
 from clipkit.config import cfg_extension
-from clipkit.dassl import TrainerX, load_checkpoint
+from clipkit.dassl import DataManager, TrainerX, load_checkpoint
 
 RUN_RECORD_FILE = "run_record.json"
 
@@ -66,6 +66,15 @@ class CLIPTrainer(TrainerX):
         self._wrap_evaluator()
 
     # ------------------------------------------------------------------------------------------------- backbone
+    def build_data_loader_with(self, custom_tfm_train=None, custom_tfm_test=None):
+        """Dassl's ``build_data_loader`` with custom transforms (a list of train transforms gives the batch keys
+        ``img``, ``img2``, ...): sets the same attributes as the default (loaders, num_classes, lab2cname, dm)."""
+        dm = DataManager(self.cfg, custom_tfm_train=custom_tfm_train, custom_tfm_test=custom_tfm_test)
+        self.train_loader_x, self.train_loader_u = dm.train_loader_x, dm.train_loader_u
+        self.val_loader, self.test_loader = dm.val_loader, dm.test_loader
+        self.num_classes, self.num_source_domains, self.lab2cname = dm.num_classes, dm.num_source_domains, dm.lab2cname
+        self.dm = dm
+
     def load_clip(self):
         """``clipkit.clip.load_clip(MODEL.BACKBONE.NAME, MODEL.BACKBONE.DOWNLOAD_ROOT)`` in fp32 on ``self.device``."""
         from clipkit.clip import load_clip

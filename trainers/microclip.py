@@ -45,7 +45,7 @@ from clipkit.blocks.text_classifier import (
     weighted_classifier,
 )
 from clipkit.config import CN, cfg_extension
-from clipkit.dassl import INTERPOLATION_MODES, TRAINER_REGISTRY, DataManager, build_optimizer
+from clipkit.dassl import INTERPOLATION_MODES, TRAINER_REGISTRY, build_optimizer
 from clipkit.trainer_base import CLIPTrainer
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -442,15 +442,7 @@ class MicroCLIP(CLIPTrainer):
         if self.plan.uses_crops:
             train_tfms.append(MultiCropTransform(node.N_CROPS, node.CROP_SIDE_RANGE, max(size)))
         test_tfm = view_transform(size, cfg.INPUT.INTERPOLATION, node.TEST_CROP)
-        dm = DataManager(cfg, custom_tfm_train=train_tfms, custom_tfm_test=test_tfm)
-        self.train_loader_x = dm.train_loader_x
-        self.train_loader_u = dm.train_loader_u
-        self.val_loader = dm.val_loader
-        self.test_loader = dm.test_loader
-        self.num_classes = dm.num_classes
-        self.num_source_domains = dm.num_source_domains
-        self.lab2cname = dm.lab2cname
-        self.dm = dm
+        self.build_data_loader_with(custom_tfm_train=train_tfms, custom_tfm_test=test_tfm)
 
     # ------------------------------------------------------------------------------------------------ model
     def build_classifiers(self, clip_model):
