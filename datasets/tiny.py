@@ -10,7 +10,7 @@ import os
 
 from clipkit import tinybench
 from clipkit.dassl import DATASET_REGISTRY, DatasetBase, Datum
-from clipkit.tinybench.captions import TEMPLATES
+from clipkit.tinybench.class_text import TEMPLATES
 from clipkit.tinybench.generate import DATASET_DIRNAME, DESCRIPTIONS_FILE, load_metadata, split_items
 
 tinybench.register_checkpoint()

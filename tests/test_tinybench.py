@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipkit.tinybench import captions, generate, pretrain, render
+from clipkit.tinybench import captions, class_text, generate, pretrain, render
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = generate.BenchmarkConfig(train_per_class=3, test_per_class=2)  # 20 classes, 60 train + 40 test images
@@ -88,7 +88,7 @@ def test_metadata_and_descriptions(small_benchmark):
     assert all(len(set(d)) >= 5 and all(c["ring_colour"] in s and c["dot_colour"] in s for s in d)
                for c, d in zip(metadata["classes"], descriptions.values()))
     assert all(t.count("{}") == 1 for t in metadata["templates"])
-    assert not set(captions.TEMPLATES) & {f.replace("{mark}", "{}") for f in captions.CAPTION_FRAMES}
+    assert not set(class_text.TEMPLATES) & {f.replace("{mark}", "{}") for f in captions.CAPTION_FRAMES}
     assert len(set(names)) == 20 and all(c["ring_colour"] != c["dot_colour"] for c in metadata["classes"])
 
 
@@ -162,7 +162,7 @@ def test_reader_reports_classes_sizes_and_text_resources(small_benchmark, tmp_pa
     assert len(dataset.train_x) == 60 and len(dataset.test) == 40
     assert all(item.classname == dataset.classnames[item.label] for item in dataset.train_x + dataset.test)
     assert all(f"{os.sep}test{os.sep}" in item.impath for item in dataset.test)
-    assert dataset.templates == captions.TEMPLATES
+    assert dataset.templates == class_text.TEMPLATES
     descriptions = resolve_descriptions(_reader_cfg(root), dataset)
     assert set(descriptions) == set(dataset.classnames)
     assert len(TinyFineGrained(_reader_cfg(root, num_shots=1)).train_x) == 20

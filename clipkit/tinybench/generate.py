@@ -27,7 +27,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from .captions import TEMPLATES, class_name, descriptions_json
+from .captions import class_name
+from .class_text import TEMPLATES, descriptions_json
 from .render import BENCHMARK_DOMAIN, MARK_COLOURS, SceneDomain, render, source_digest
 
 DATASET_DIRNAME = "tiny_finegrained"
@@ -56,9 +57,9 @@ class BenchmarkConfig:
 
     def digest(self) -> str:
         """Hash of the config and of the generator's source code (a change of either regenerates the dataset)."""
-        from . import captions, render as renderer
+        from . import captions, class_text, render as renderer
 
-        code = source_digest(renderer, captions, sys.modules[__name__])
+        code = source_digest(renderer, captions, class_text, sys.modules[__name__])
         text = json.dumps({"format_version": FORMAT_VERSION, "code": code, **dataclasses.asdict(self)}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
