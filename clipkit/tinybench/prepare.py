@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from . import CHECKPOINT_NAME, checkpoint_path, default_data_root, ensure_pretrained, register_checkpoint
+from . import CHECKPOINT_NAME, default_data_root, ensure_pretrained, register_checkpoint
 from .generate import DEFAULT_CONFIG, generate_dataset, load_metadata, load_split_images
 
 
