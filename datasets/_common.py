@@ -165,6 +165,16 @@ def load_split_file(path: str, reader, classnames: Sequence[str]) -> Dict[str, l
     return splits
 
 
+def load_generated_split(reader, protocol: str, classnames: Sequence[str]) -> tuple:
+    """``(splits, image_dir, split_file)`` for a reader whose split file (``reader.split_files[protocol]``) records
+    the image folder it was made from in ``meta.image_folder`` (default: ``reader.image_folder``)."""
+    split_file = os.path.join(reader.dataset_dir, reader.split_files[protocol])
+    splits = load_split_file(split_file, reader, classnames)
+    image_folder = splits["meta"].get("image_folder", reader.image_folder)
+    image_dir = require_dir(os.path.join(reader.dataset_dir, image_folder), reader)
+    return splits, image_dir, split_file
+
+
 def to_datums(records: Sequence[Record], image_dir: str, classnames: Sequence[str], reader, source: str) -> list:
     """``Datum(image_dir/impath, label, classnames[label])`` for each record; every image file must exist.
 

@@ -22,7 +22,7 @@ from ._common import (
     DatasetLayoutError,
     dataset_root,
     docs_hint,
-    load_split_file,
+    load_generated_split,
     make_splits,
     require_dir,
     require_file,
@@ -57,10 +57,7 @@ class Birdsnap(DatasetBase):
         self.dataset_dir = dataset_root(cfg, self)
         protocol = split_protocol(cfg, self)
         _, classnames = self.read_species(self.dataset_dir)
-        split_file = os.path.join(self.dataset_dir, self.split_files[protocol])
-        splits = load_split_file(split_file, self, classnames)
-        image_folder = splits["meta"].get("image_folder", self.image_folder)
-        image_dir = require_dir(os.path.join(self.dataset_dir, image_folder), self)
+        splits, image_dir, split_file = load_generated_split(self, protocol, classnames)
         train, val, test = make_splits(cfg, self, splits, image_dir, classnames, split_file)
         super().__init__(train_x=train, val=val, test=test)
 

@@ -19,7 +19,7 @@ from clipkit.dassl import DATASET_REGISTRY, DatasetBase
 from ._common import (
     dataset_root,
     list_images,
-    load_split_file,
+    load_generated_split,
     make_splits,
     require_dir,
     split_protocol,
@@ -52,10 +52,7 @@ class RESISC45(DatasetBase):
         self.dataset_dir = dataset_root(cfg, self)
         protocol = split_protocol(cfg, self)
         classnames = [underscores_to_spaces(folder) for folder in RESISC45_CLASSES]
-        split_file = os.path.join(self.dataset_dir, self.split_files[protocol])
-        splits = load_split_file(split_file, self, classnames)
-        image_folder = splits["meta"].get("image_folder", self.image_folder)
-        image_dir = require_dir(os.path.join(self.dataset_dir, image_folder), self)
+        splits, image_dir, split_file = load_generated_split(self, protocol, classnames)
         train, val, test = make_splits(cfg, self, splits, image_dir, classnames, split_file)
         super().__init__(train_x=train, val=val, test=test)
 

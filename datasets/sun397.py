@@ -20,7 +20,7 @@ from ._common import (
     dataset_root,
     first_existing,
     list_images,
-    load_split_file,
+    load_generated_split,
     make_splits,
     read_lines,
     require_dir,
@@ -52,10 +52,7 @@ class SUN397(DatasetBase):
         self.dataset_dir = dataset_root(cfg, self)
         protocol = split_protocol(cfg, self)
         _, classnames = self.read_classes(self.dataset_dir)
-        split_file = os.path.join(self.dataset_dir, self.split_files[protocol])
-        splits = load_split_file(split_file, self, classnames)
-        image_folder = splits["meta"].get("image_folder", self.image_folder)
-        image_dir = require_dir(os.path.join(self.dataset_dir, image_folder), self)
+        splits, image_dir, split_file = load_generated_split(self, protocol, classnames)
         if protocol == "microclip":
             splits["val"] = []
         train, val, test = make_splits(cfg, self, splits, image_dir, classnames, split_file)
