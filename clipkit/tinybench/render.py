@@ -58,21 +58,32 @@ class SceneDomain:
     background_saturation: float = 1.0  # 1 = background of any colour, 0 = grey backgrounds only
     background_gradient: float = 60.0  # max brightness change across the background (0 = flat)
     noise_std: float = 5.0  # std of the pixel noise (0-255 scale)
+    # Camera of the whole domain, applied to every image after compositing and before the noise: per-channel gains,
+    # then a blend of weight ``haze`` towards the colour ``haze_rgb`` (defaults: no change).
+    channel_gain: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+    haze: float = 0.0
+    haze_rgb: Tuple[float, float, float] = (128.0, 128.0, 128.0)
 
 
-# Where a pretraining image may differ from a benchmark image: large centred objects, big marks, clean grey-ish
-# backgrounds without clutter.
+# Where a pretraining image differs from a benchmark image: on average larger, more central objects with larger
+# marks, less clutter, greyer backgrounds, less noise, and a neutral camera. The ranges overlap the benchmark's (marks
+# as small as the benchmark's, up to 4 clutter elements), as web-scale pretraining data covers cluttered scenes; with
+# clean backgrounds only, the tiny CLIP scored 98% zero-shot on pretraining-domain renders and its frozen features
+# could not separate the benchmark's classes (linear probe 33%), leaving adaptation nothing to learn.
 PRETRAIN_DOMAIN = SceneDomain(
-    body_radius=(20.0, 26.0),
-    centre_jitter=0.25,
-    mark_radius=(7.0, 11.0),
+    body_radius=(14.0, 26.0),
+    centre_jitter=0.6,
+    mark_radius=(5.0, 11.0),
     mark_offset=0.3,
-    clutter_count=(0, 0),
-    background_saturation=0.25,
+    clutter_count=(0, 4),
+    background_saturation=0.6,
     background_gradient=20.0,
-    noise_std=2.0,
+    noise_std=3.0,
 )
-BENCHMARK_DOMAIN = SceneDomain()
+# The benchmark's camera has a warm white balance (blue x 0.72, green x 0.9), a dataset-level shift that pretraining
+# never shows: it moves the mark colours the text was aligned with (zero-shot errors concentrate on some classes) while
+# the classes stay separable, as real fine-grained datasets differ from web photos in camera, light and style.
+BENCHMARK_DOMAIN = SceneDomain(channel_gain=(1.05, 0.9, 0.72))
 
 
 @dataclass
@@ -204,7 +215,13 @@ def _coverage(distance):
     return np.clip(0.5 - distance, 0.0, 1.0)[..., None]
 
 
-def render_scene(scene: Scene, noise: np.ndarray, image_size: int) -> np.ndarray:
+def apply_camera(image: np.ndarray, domain: "SceneDomain") -> np.ndarray:
+    """The domain's camera on a float (H, W, 3) image in 0-255: channel gains, then the haze blend."""
+    image = image * np.asarray(domain.channel_gain, dtype=np.float64)
+    return (1.0 - domain.haze) * image + domain.haze * np.asarray(domain.haze_rgb, dtype=np.float64)
+
+
+def render_scene(scene: Scene, noise: np.ndarray, image_size: int, domain: "SceneDomain" = None) -> np.ndarray:
     """Render one scene to an (H, W, 3) uint8 array; ``noise`` is (H, W, 3) standard-normal times the noise std."""
     grid = np.arange(image_size, dtype=np.float64) + 0.5
     xs, ys = np.meshgrid(grid, grid)
@@ -223,6 +240,8 @@ def render_scene(scene: Scene, noise: np.ndarray, image_size: int) -> np.ndarray
     for radius, rgb in ((scene.mark_radius, scene.ring_rgb), (DOT_RADIUS * scene.mark_radius, scene.dot_rgb)):
         alpha = _coverage(rho - radius)
         image = image * (1 - alpha) + np.asarray(rgb) * alpha
+    if domain is not None:
+        image = apply_camera(image, domain)
     return np.clip(np.rint(image + noise), 0, 255).astype(np.uint8)
 
 
@@ -230,7 +249,7 @@ def render(rng: np.random.Generator, domain: SceneDomain, ring_colour: str, dot_
     """Sample and render one image; returns (uint8 (H, W, 3) array, its scene)."""
     scene = sample_scene(rng, domain, ring_colour, dot_colour)
     noise = rng.standard_normal((domain.image_size, domain.image_size, 3)) * domain.noise_std
-    return render_scene(scene, noise, domain.image_size), scene
+    return render_scene(scene, noise, domain.image_size, domain), scene
 
 
 def render_batch(rng: np.random.Generator, domain: SceneDomain, marks: Sequence[Tuple[str, str]]):

@@ -1,0 +1,145 @@
+"""What the tiny benchmark leaves adaptation to learn, measured on the cached ``tiny-clip-bench`` (no trainer needed).
+
+Prints, on the test split (top-1 %, chance 5%):
+
+* zero-shot of the [CLS] feature (template ensemble), and how unevenly it predicts the classes;
+* the same classifier on the value-path patch tokens: per token, mean-pooled, and pooled as microCLIP's [FG] branch
+  pools them at initialisation (NCut mask + SOAP, official settings);
+* a linear probe of the frozen [CLS] features trained with the TRUE train labels (what the features separate);
+* an oracle LayerNorm + classifier tuning with the TRUE train labels, the parameters microCLIP tunes (what LN tuning
+  can reach at all on this backbone).
+
+The oracles use labels that no unsupervised method sees: they bound what adaptation can gain, they are not results.
+
+    .venv/bin/python benchmarks/tiny_diagnostics.py [--checkpoint tiny-clip-bench] [--data-root DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from clipkit.blocks.ncut import ncut_mask  # noqa: E402
+from clipkit.blocks.patch_tap import encode_image_tapped  # noqa: E402
+from clipkit.blocks.soap import SaliencyAttentionPool, project_fg_token  # noqa: E402
+from clipkit.clip import load_clip  # noqa: E402
+from clipkit.tinybench import default_data_root, register_checkpoint  # noqa: E402
+from clipkit.tinybench.evaluate import text_classifier  # noqa: E402
+from clipkit.tinybench.generate import dataset_dir, load_metadata, load_split_images  # noqa: E402
+from clipkit.tinybench.pretrain import to_model_input  # noqa: E402
+
+LOGIT_SCALE = 100.0  # microCLIP's fixed logit scale, used by the oracle tuning's cross-entropy
+PROBE_STEPS = 1500  # full-batch Adam steps of the linear probe
+PROBE_LR = 1e-2
+PROBE_L2 = 1e-4  # weight decay of the linear probe (standardised features)
+
+
+@torch.no_grad()
+def encode(model, images: np.ndarray, batch_size: int = 500):
+    """(N, H, W, 3) uint8 -> unit [CLS] features (N, D) and projected value-path patch tokens (N, n, D)."""
+    cls, tokens = [], []
+    for start in range(0, len(images), batch_size):
+        tap = encode_image_tapped(model.visual, to_model_input(images[start : start + batch_size]), True)
+        cls.append(tap.cls_feature)
+        tokens.append(tap.patch_tokens)
+    return torch.cat(cls), torch.cat(tokens)
+
+
+def accuracy(logits: torch.Tensor, labels: np.ndarray) -> float:
+    return float(100.0 * (logits.argmax(dim=-1).numpy() == labels).mean())
+
+
+def linear_probe(train: torch.Tensor, train_labels: np.ndarray, test: torch.Tensor, test_labels: np.ndarray) -> float:
+    """Multinomial logistic regression on standardised features, trained with the true labels; test accuracy."""
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    weight = torch.zeros(train.shape[1], int(train_labels.max()) + 1, requires_grad=True)
+    bias = torch.zeros(weight.shape[1], requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=PROBE_LR)
+    targets = torch.from_numpy(train_labels)
+    for _ in range(PROBE_STEPS):
+        loss = F.cross_entropy((train - mean) / std @ weight + bias, targets) + PROBE_L2 * weight.pow(2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return accuracy((test - mean) / std @ weight + bias, test_labels)
+
+
+def oracle_layernorm_tuning(model, classifier, train_x, train_y, test_x, test_y, steps: int, lr: float, seed: int = 0):
+    """Tune the vision LayerNorms + a classifier initialised from ``classifier`` with the TRUE labels (CE at scale
+    100, AdamW, batch 64, no augmentation); returns [(step, test accuracy of the [CLS] logits)]."""
+    model.requires_grad_(False)
+    layer_norms = [p for m in model.visual.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()]
+    for parameter in layer_norms:
+        parameter.requires_grad_(True)
+    weights = torch.nn.Parameter(classifier.clone())
+    optimizer = torch.optim.AdamW(layer_norms + [weights], lr=lr, weight_decay=0.1)
+    generator = torch.Generator().manual_seed(seed)
+    curve = []
+    for step in range(1, steps + 1):
+        index = torch.randint(len(train_x), (64,), generator=generator).numpy()
+        features = F.normalize(model.encode_image(to_model_input(train_x[index])), dim=-1)
+        loss = F.cross_entropy(LOGIT_SCALE * features @ F.normalize(weights, dim=-1).t(), torch.from_numpy(train_y[index]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % max(1, steps // 4) == 0:
+            cls, _ = encode(model, test_x)
+            curve.append((step, accuracy(cls @ F.normalize(weights.detach(), dim=-1).t(), test_y)))
+    return curve
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="tiny-clip-bench", help="CLIP name or path (default: %(default)s)")
+    parser.add_argument("--data-root", default=default_data_root(), help="folder holding tiny_finegrained/")
+    parser.add_argument("--oracle-steps", type=int, default=200, help="steps of the oracle LN tuning (0 = skip)")
+    parser.add_argument("--oracle-lr", type=float, default=1e-3)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    register_checkpoint()
+    folder = dataset_dir(args.data_root)
+    metadata = load_metadata(folder)
+    names = [c["name"] for c in metadata["classes"]]
+    train_x, train_y = load_split_images(folder, "train")
+    test_x, test_y = load_split_images(folder, "test")
+    model = load_clip(args.checkpoint).float().eval()
+    classifier = text_classifier(model, names, metadata["templates"])
+    test_cls, test_tokens = encode(model, test_x)
+    train_cls, _ = encode(model, train_x)
+    projected = test_tokens @ model.visual.proj
+    counts = np.bincount((test_cls @ classifier.t()).argmax(1).numpy(), minlength=len(names))
+    with torch.no_grad():
+        mask = ncut_mask(test_tokens)
+        pooled, _ = SaliencyAttentionPool(test_tokens.shape[-1])(test_tokens, mask)
+        soap_fg = project_fg_token(pooled, model.visual.proj)
+    rows = [
+        ("zero-shot [CLS], template ensemble", accuracy(test_cls @ classifier.t(), test_y)),
+        ("  predictions per class (50 true each): min / max", f"{counts.min()} / {counts.max()}"),
+        ("value-path tokens, each token alone (mean over tokens)",
+         float(100.0 * (((F.normalize(projected, dim=-1) @ classifier.t()).argmax(-1).numpy()) == test_y[:, None]).mean())),
+        ("value-path tokens, mean-pooled", accuracy(F.normalize(projected.mean(1), dim=-1) @ classifier.t(), test_y)),
+        ("microCLIP [FG] at init (official NCut + SOAP)", accuracy(soap_fg @ classifier.t(), test_y)),
+        ("  NCut mask: mean fraction of tokens / share of full masks",
+         f"{mask.float().mean():.2f} / {(mask.all(dim=1)).float().mean():.2f}"),
+        ("linear probe on frozen [CLS] (TRUE labels)", linear_probe(train_cls, train_y, test_cls, test_y)),
+    ]
+    for name, value in rows:
+        print(f"{name:58s} {value:.1f}" if isinstance(value, float) else f"{name:58s} {value}")
+    if args.oracle_steps:
+        curve = oracle_layernorm_tuning(model, classifier, train_x, train_y, test_x, test_y, args.oracle_steps,
+                                        args.oracle_lr)
+        print(f"{'oracle LN + classifier tuning (TRUE labels), lr ' + str(args.oracle_lr):58s} "
+              + ", ".join(f"step {s}: {a:.1f}" for s, a in curve))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
