@@ -42,14 +42,15 @@ PROBE_L2 = 1e-4  # weight decay of the linear probe (standardised features)
 
 
 @torch.no_grad()
-def encode(model, images: np.ndarray, batch_size: int = 500):
-    """(N, H, W, 3) uint8 -> unit [CLS] features (N, D) and projected value-path patch tokens (N, n, D)."""
+def encode(model, images: np.ndarray, with_tokens: bool = False, batch_size: int = 500):
+    """(N, H, W, 3) uint8 -> unit [CLS] features (N, D) and, if asked, the ln_post'd value-path patch tokens
+    (N, n, W) (else None)."""
     cls, tokens = [], []
     for start in range(0, len(images), batch_size):
-        tap = encode_image_tapped(model.visual, to_model_input(images[start : start + batch_size]), True)
+        tap = encode_image_tapped(model.visual, to_model_input(images[start : start + batch_size]), with_tokens)
         cls.append(tap.cls_feature)
         tokens.append(tap.patch_tokens)
-    return torch.cat(cls), torch.cat(tokens)
+    return torch.cat(cls), torch.cat(tokens) if with_tokens else None
 
 
 def accuracy(logits: torch.Tensor, labels: np.ndarray) -> float:
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
     test_x, test_y = load_split_images(folder, "test")
     model = load_clip(args.checkpoint).float().eval()
     classifier = text_classifier(model, names, metadata["templates"])
-    test_cls, test_tokens = encode(model, test_x)
+    test_cls, test_tokens = encode(model, test_x, with_tokens=True)
     train_cls, _ = encode(model, train_x)
     projected = test_tokens @ model.visual.proj
     counts = np.bincount((test_cls @ classifier.t()).argmax(1).numpy(), minlength=len(names))

@@ -4,9 +4,9 @@ The mark is a small target: a coloured ring around a dot of another colour. The 
 (ring colour, dot colour), an ordered pair: telling "red ring with a blue dot" from "blue ring with a red dot" needs
 where each colour is, not only which colours are present. Everything else (body shape, colour, size, pose, background and
 clutter) is drawn independently of the class. Two ``SceneDomain`` settings share one renderer: the benchmark domain
-(small objects anywhere, cluttered backgrounds) and the pretraining domain of the tiny CLIP (large centred objects on
-clean backgrounds). Rendering is vectorised NumPy over a batch and uses anti-aliased pseudo signed distances, so it is
-fast on CPU and bit-exact for a given seed.
+(small objects anywhere, cluttered backgrounds, a warm camera) and the pretraining domain of the tiny CLIP (on average
+larger, more central objects, less clutter, a neutral camera). Each image is rendered with vectorised NumPy from
+anti-aliased pseudo signed distances, so rendering is fast on CPU and bit-exact for a given seed.
 """
 
 from __future__ import annotations
@@ -215,14 +215,16 @@ def _coverage(distance):
     return np.clip(0.5 - distance, 0.0, 1.0)[..., None]
 
 
-def apply_camera(image: np.ndarray, domain: "SceneDomain") -> np.ndarray:
+def apply_camera(image: np.ndarray, domain: SceneDomain) -> np.ndarray:
     """The domain's camera on a float (H, W, 3) image in 0-255: channel gains, then the haze blend."""
     image = image * np.asarray(domain.channel_gain, dtype=np.float64)
     return (1.0 - domain.haze) * image + domain.haze * np.asarray(domain.haze_rgb, dtype=np.float64)
 
 
-def render_scene(scene: Scene, noise: np.ndarray, image_size: int, domain: "SceneDomain" = None) -> np.ndarray:
-    """Render one scene to an (H, W, 3) uint8 array; ``noise`` is (H, W, 3) standard-normal times the noise std."""
+def render_scene(scene: Scene, noise: np.ndarray, domain: SceneDomain) -> np.ndarray:
+    """Render one scene of ``domain`` (its image size and camera) to an (H, W, 3) uint8 array; ``noise`` is (H, W, 3)
+    standard-normal times the noise std."""
+    image_size = domain.image_size
     grid = np.arange(image_size, dtype=np.float64) + 0.5
     xs, ys = np.meshgrid(grid, grid)
     background = np.asarray(scene.background_rgb)
@@ -240,8 +242,7 @@ def render_scene(scene: Scene, noise: np.ndarray, image_size: int, domain: "Scen
     for radius, rgb in ((scene.mark_radius, scene.ring_rgb), (DOT_RADIUS * scene.mark_radius, scene.dot_rgb)):
         alpha = _coverage(rho - radius)
         image = image * (1 - alpha) + np.asarray(rgb) * alpha
-    if domain is not None:
-        image = apply_camera(image, domain)
+    image = apply_camera(image, domain)
     return np.clip(np.rint(image + noise), 0, 255).astype(np.uint8)
 
 
@@ -249,7 +250,7 @@ def render(rng: np.random.Generator, domain: SceneDomain, ring_colour: str, dot_
     """Sample and render one image; returns (uint8 (H, W, 3) array, its scene)."""
     scene = sample_scene(rng, domain, ring_colour, dot_colour)
     noise = rng.standard_normal((domain.image_size, domain.image_size, 3)) * domain.noise_std
-    return render_scene(scene, noise, domain.image_size, domain), scene
+    return render_scene(scene, noise, domain), scene
 
 
 def render_batch(rng: np.random.Generator, domain: SceneDomain, marks: Sequence[Tuple[str, str]]):
