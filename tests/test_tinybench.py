@@ -216,6 +216,19 @@ def test_reader_reports_classes_sizes_and_text_resources(small_benchmark, tmp_pa
         TinyFineGrained(_reader_cfg(str(tmp_path)))
 
 
+def _short_microclip_run(script, root, checkpoint, out):
+    """One epoch of MicroCLIP's tiny config on the small benchmark through ``script`` (train.py's CLI); results.json."""
+    cmd = [sys.executable, script, "--root", root, "--trainer", "MicroCLIP", "--seed", "1",
+           "--dataset-config-file", os.path.join(REPO, "configs", "datasets", "tiny.yaml"),
+           "--config-file", os.path.join(REPO, "configs", "trainers", "MicroCLIP", "tiny.yaml"),
+           "--output-dir", str(out), "MODEL.BACKBONE.NAME", checkpoint, "OPTIM.MAX_EPOCH", "1",
+           "DATALOADER.TRAIN_X.BATCH_SIZE", "16", "DATALOADER.NUM_WORKERS", "0", "USE_CUDA", "False"]
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "results.json").read_text())
+
+
 def test_short_microclip_run_through_train_py(small_benchmark, tmp_path, one_thread):
     """The real pipeline on the benchmark: generated data, a shortly pretrained CLIP, MicroCLIP via train.py."""
     if not os.path.isfile(os.path.join(REPO, "trainers", "microclip.py")):
@@ -224,15 +237,7 @@ def test_short_microclip_run_through_train_py(small_benchmark, tmp_path, one_thr
     model, history = pretrain.pretrain(SHORT_RECIPE.shortened(steps=10), log=None)
     checkpoint = pretrain.save_pretrained(model, history, SHORT_RECIPE, str(tmp_path / "bench.pt"))
     out = tmp_path / "run"
-    cmd = [sys.executable, os.path.join(REPO, "train.py"), "--root", root, "--trainer", "MicroCLIP", "--seed", "1",
-           "--dataset-config-file", os.path.join(REPO, "configs", "datasets", "tiny.yaml"),
-           "--config-file", os.path.join(REPO, "configs", "trainers", "MicroCLIP", "tiny.yaml"),
-           "--output-dir", str(out), "MODEL.BACKBONE.NAME", checkpoint, "OPTIM.MAX_EPOCH", "1",
-           "DATALOADER.TRAIN_X.BATCH_SIZE", "16", "DATALOADER.NUM_WORKERS", "0", "USE_CUDA", "False"]
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((out / "results.json").read_text())
+    results = _short_microclip_run(os.path.join(REPO, "train.py"), root, checkpoint, out)
     assert results["method"] == "MicroCLIP" and results["dataset"] == "tiny" and results["num_test"] == 40
     assert 0.0 <= results["accuracy_last"] <= 100.0 and len(results["epochs"]) == 1
 
@@ -248,3 +253,13 @@ def test_diagnostics_script_runs_on_a_small_benchmark(small_benchmark, tiny_clip
     out = capsys.readouterr().out
     for row in ("zero-shot [CLS]", "microCLIP [FG] at init", "linear probe", "oracle LN + classifier tuning"):
         assert row in out, out
+
+
+def test_oracle_labels_script_trains_microclip_on_the_true_labels(small_benchmark, tiny_clip_path, tmp_path):
+    """benchmarks/tiny_oracle_labels.py: the trainer's own run, pseudo-labels swapped for the truth (pl_accuracy 100;
+    a random-init CLIP's own pseudo-labels on 20 classes are far from that)."""
+    root, _ = small_benchmark
+    results = _short_microclip_run(os.path.join(REPO, "benchmarks", "tiny_oracle_labels.py"), root, tiny_clip_path,
+                                   tmp_path / "run")
+    assert results["method"] == "MicroCLIP" and len(results["epochs"]) == 1
+    assert results["epochs"][0]["pl_accuracy"] == pytest.approx(100.0)
