@@ -5,6 +5,9 @@ Prints, on the test split (top-1 %, chance 5%):
 * zero-shot of the [CLS] feature (template ensemble), and how unevenly it predicts the classes;
 * the same classifier on the value-path patch tokens: per token, mean-pooled, and pooled as microCLIP's [FG] branch
   pools them at initialisation (NCut mask + SOAP, official settings);
+* whether the tokens are local and the NCut masks object-centric: the per-token accuracy on background, body and mark
+  patches, which regions the NCut masks select, and the [FG] token with the true object or mark patches in place of
+  the NCut mask (region labels from re-rendering the test scenes);
 * a linear probe of the frozen [CLS] features trained with the TRUE train labels (what the features separate);
 * an oracle LayerNorm + classifier tuning with the TRUE train labels, the parameters microCLIP tunes (what LN tuning
   can reach at all on this backbone).
@@ -33,6 +36,9 @@ from clipkit.clip import load_clip  # noqa: E402
 from clipkit.tinybench import default_data_root, register_checkpoint  # noqa: E402
 from clipkit.tinybench.evaluate import text_classifier  # noqa: E402
 from clipkit.tinybench.generate import dataset_dir, load_metadata, load_split_images  # noqa: E402
+from clipkit.tinybench.regions import (  # noqa: E402
+    BACKGROUND, MARK, REGION_NAMES, config_from_metadata, patch_regions, region_map, render_split,
+)
 from clipkit.tinybench.pretrain import to_model_input  # noqa: E402
 
 LOGIT_SCALE = 100.0  # microCLIP's fixed logit scale, used by the oracle tuning's cross-entropy
@@ -55,6 +61,21 @@ def encode(model, images: np.ndarray, with_tokens: bool = False, batch_size: int
 
 def accuracy(logits: torch.Tensor, labels: np.ndarray) -> float:
     return float(100.0 * (logits.argmax(dim=-1).numpy() == labels).mean())
+
+
+def token_regions(metadata: dict, images: np.ndarray, patch_size: int) -> torch.Tensor:
+    """(N, n) region label (``regions.REGION_NAMES``) of every patch of the test images, by re-rendering their scenes
+    with the config recorded in ``metadata``; exits with a fix when that does not reproduce the images on disk."""
+    rendered, scenes = render_split(config_from_metadata(metadata), "test")
+    if rendered.shape != images.shape or not np.array_equal(rendered, images):
+        raise SystemExit("The tiny benchmark's test images on disk differ from what this code renders from their "
+                         "metadata.json; regenerate them with: python -m clipkit.tinybench.prepare --force")
+    return torch.from_numpy(np.stack([patch_regions(region_map(s, images.shape[1]), patch_size) for s in scenes]))
+
+
+def by_region(values: torch.Tensor, regions: torch.Tensor) -> str:
+    """Mean of (N, n) ``values`` over the tokens of each region, as "background / body / mark" percentages."""
+    return " / ".join(f"{100.0 * values[regions == k].float().mean():.1f}" for k in range(len(REGION_NAMES)))
 
 
 def linear_probe(train: torch.Tensor, train_labels: np.ndarray, test: torch.Tensor, test_labels: np.ndarray) -> float:
@@ -117,19 +138,32 @@ def main(argv=None) -> int:
     train_cls, _ = encode(model, train_x)
     projected = test_tokens @ model.visual.proj
     counts = np.bincount((test_cls @ classifier.t()).argmax(1).numpy(), minlength=len(names))
+    regions = token_regions(metadata, test_x, model.visual.conv1.kernel_size[0])
+    token_correct = (F.normalize(projected, dim=-1) @ classifier.t()).argmax(-1) == torch.from_numpy(test_y)[:, None]
+    pool = SaliencyAttentionPool(test_tokens.shape[-1])
+
+    @torch.no_grad()
+    def soap_fg_with(patch_mask: torch.Tensor) -> torch.Tensor:
+        """[FG] features at initialisation (official SOAP) with ``patch_mask`` (N, n) as the NCut mask."""
+        return project_fg_token(pool(test_tokens, patch_mask)[0], model.visual.proj) @ classifier.t()
+
     with torch.no_grad():
         mask = ncut_mask(test_tokens)
-        pooled, _ = SaliencyAttentionPool(test_tokens.shape[-1])(test_tokens, mask)
-        soap_fg = project_fg_token(pooled, model.visual.proj)
     rows = [
         ("zero-shot [CLS], template ensemble", accuracy(test_cls @ classifier.t(), test_y)),
         ("  predictions per class (50 true each): min / max", f"{counts.min()} / {counts.max()}"),
         ("value-path tokens, each token alone (mean over tokens)",
          float(100.0 * (((F.normalize(projected, dim=-1) @ classifier.t()).argmax(-1).numpy()) == test_y[:, None]).mean())),
         ("value-path tokens, mean-pooled", accuracy(F.normalize(projected.mean(1), dim=-1) @ classifier.t(), test_y)),
-        ("microCLIP [FG] at init (official NCut + SOAP)", accuracy(soap_fg @ classifier.t(), test_y)),
+        ("microCLIP [FG] at init (official NCut + SOAP)", accuracy(soap_fg_with(mask), test_y)),
         ("  NCut mask: mean fraction of tokens / share of full masks",
          f"{mask.float().mean():.2f} / {(mask.all(dim=1)).float().mean():.2f}"),
+        ("patch regions background / body / mark: % of all tokens",
+         " / ".join(f"{100.0 * (regions == k).float().mean():.1f}" for k in range(len(REGION_NAMES)))),
+        ("  each token alone: accuracy by region", by_region(token_correct, regions)),
+        ("  NCut mask: % of each region's tokens selected", by_region(mask, regions)),
+        ("[FG] with the true object (body + mark) as NCut mask", accuracy(soap_fg_with(regions != BACKGROUND), test_y)),
+        ("[FG] with the true mark patches as NCut mask", accuracy(soap_fg_with(regions == MARK), test_y)),
         ("linear probe on frozen [CLS] (TRUE labels)", linear_probe(train_cls, train_y, test_cls, test_y)),
     ]
     for name, value in rows:

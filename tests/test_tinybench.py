@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipkit.tinybench import captions, class_text, generate, pretrain, render
+from clipkit.tinybench import captions, class_text, generate, pretrain, regions, render
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = generate.BenchmarkConfig(train_per_class=3, test_per_class=2)  # 20 classes, 60 train + 40 test images
@@ -84,6 +84,44 @@ def test_class_is_a_small_local_detail():
     centre = np.array(scene_a.mark_centre)
     reach = np.hypot(xs + 0.5 - centre[0], ys + 0.5 - centre[1]).max()
     assert reach < 2 * domain.mark_radius[1]
+
+
+def test_region_map_labels_the_pixels_the_class_changes():
+    """The MARK region is what a class change repaints (up to anti-aliased edge pixels); the body centre is BODY."""
+    domain = render.BENCHMARK_DOMAIN
+    a, scene = render.render(np.random.default_rng(11), domain, "red", "blue")
+    b, _ = render.render(np.random.default_rng(11), domain, "blue", "red")
+    labels = regions.region_map(scene, domain.image_size)
+    changed = np.abs(a.astype(int) - b.astype(int)).max(axis=2) > 0
+    mark = labels == regions.MARK
+    assert mark.sum() > 20 and changed[mark].all()
+    ys, xs = np.nonzero(changed & ~mark)
+    assert (np.hypot(xs + 0.5 - scene.mark_centre[0], ys + 0.5 - scene.mark_centre[1]) - scene.mark_radius < 0.5).all()
+    assert set(np.unique(labels)) == {regions.BACKGROUND, regions.BODY, regions.MARK}
+    centre_x, centre_y = (int(c) for c in scene.body_centre)
+    if np.hypot(centre_x + 0.5 - scene.mark_centre[0], centre_y + 0.5 - scene.mark_centre[1]) > scene.mark_radius + 1:
+        assert labels[centre_y, centre_x] == regions.BODY
+
+
+def test_patch_regions_of_a_hand_made_label_map():
+    labels = np.zeros((16, 16), dtype=np.uint8)  # 2 x 2 patches of 8 px: [[0, 1], [2, 3]] in row-major order
+    labels[0:5, 8:16] = regions.BODY  # patch 1: 40 of 64 body pixels -> BODY
+    labels[8:10, 0:8] = regions.MARK  # patch 2: 16 of 64 mark pixels (25%) -> MARK
+    labels[8:11, 8:13] = regions.MARK  # patch 3: 15 mark + 20 body pixels: under 25% mark, 35 on the object -> BODY
+    labels[11:15, 8:13] = regions.BODY
+    assert regions.patch_regions(labels, 8).tolist() == [regions.BACKGROUND, regions.BODY, regions.MARK, regions.BODY]
+    assert regions.patch_regions(labels, 8, mark_share=0.2).tolist()[3] == regions.MARK
+
+
+def test_render_split_reproduces_the_generated_files(small_benchmark):
+    _, folder = small_benchmark
+    config = regions.config_from_metadata(generate.load_metadata(folder))
+    assert config == SMALL
+    images, scenes = regions.render_split(config, "test")
+    on_disk, labels = generate.load_split_images(folder, "test")
+    assert np.array_equal(images, on_disk) and len(scenes) == len(labels) == 40
+    names = [c["name"] for c in SMALL.classes()]
+    assert [captions.class_name(s.ring_colour, s.dot_colour) for s in scenes] == [names[k] for k in labels]
 
 
 def test_metadata_and_descriptions(small_benchmark):
@@ -251,7 +289,8 @@ def test_diagnostics_script_runs_on_a_small_benchmark(small_benchmark, tiny_clip
     root, _ = small_benchmark
     assert tiny_diagnostics.main(["--checkpoint", tiny_clip_path, "--data-root", root, "--oracle-steps", "4"]) == 0
     out = capsys.readouterr().out
-    for row in ("zero-shot [CLS]", "microCLIP [FG] at init", "linear probe", "oracle LN + classifier tuning"):
+    for row in ("zero-shot [CLS]", "microCLIP [FG] at init", "accuracy by region", "NCut mask: % of each region",
+                "linear probe", "oracle LN + classifier tuning"):
         assert row in out, out
 
 
