@@ -1,4 +1,6 @@
-"""Dynamic Knowledge Aggregation pseudo-labeler (microCLIP Sec. 3.4, Eqs. 12-13).
+"""Pseudo-labelers: microCLIP's Dynamic Knowledge Aggregation (Sec. 3.4, Eqs. 12-13) and UPL's top-K per class.
+
+Dynamic Knowledge Aggregation:
 
 ``scores = gamma * s(f_agg(x), W_LLM) + (1 - gamma) * TokenFusion(x, W*)`` on RAW cosines (no logit scale, no
 softmax), as in the official code; ``y_hat = argmax`` with no confidence threshold and no per-class selection.
@@ -49,4 +51,23 @@ def dynamic_knowledge_aggregation(
     return hard_pseudo_labels(aggregate_scores(prior_scores, token_fusion_scores, gamma))
 
 
-__all__ = ["aggregate_scores", "dynamic_knowledge_aggregation", "hard_pseudo_labels"]
+def top_k_per_class(probabilities: torch.Tensor, k: int) -> torch.Tensor:
+    """UPL's class-balanced confident subset: (N, C) class probabilities -> (M,) ascending indices of the kept samples.
+
+    For every class, the ``k`` samples predicted as that class (argmax) with the highest probability; a class predicted
+    fewer than ``k`` times keeps all of its samples, a class never predicted none. Ties keep the lower index.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k} (TRAINER.UPL.NUM_PSEUDO_PER_CLASS)")
+    confidences, labels = probabilities.max(dim=1)
+    by_confidence = torch.sort(confidences, descending=True, stable=True).indices
+    order = by_confidence[torch.sort(labels[by_confidence], stable=True).indices]  # by class, then confidence
+    grouped = labels[order]
+    positions = torch.arange(len(order), device=order.device)
+    is_first = torch.ones_like(grouped, dtype=torch.bool)
+    is_first[1:] = grouped[1:] != grouped[:-1]
+    group_start = torch.cummax(torch.where(is_first, positions, torch.zeros_like(positions)), dim=0).values
+    return torch.sort(order[positions - group_start < k]).values
+
+
+__all__ = ["aggregate_scores", "dynamic_knowledge_aggregation", "hard_pseudo_labels", "top_k_per_class"]
