@@ -2,12 +2,12 @@
 
 1. Zero-shot CLIP with the dataset's single hand-written template (CoOp's CUSTOM_TEMPLATES,
    ``clipkit.text.get_custom_template``) labels the whole train split once, on the test view:
-   ``p(x) = softmax(LOGIT_SCALE * normalize(E_v(x)) . normalize(E_t(template(c)))^T)``.
+   ``p(x) = softmax(s * normalize(E_v(x)) . normalize(E_t(template(c)))^T)``, s = CLIP's learned temperature.
 2. Class-balanced confident subset: for every predicted class, the K = ``NUM_PSEUDO_PER_CLASS`` images with the highest
    ``max p(x)`` (``clipkit.blocks.pseudo_labels.top_k_per_class``); the rest of the train split is not used.
 3. A CoOp context (``N_CTX`` vectors shared by all classes, N(0, 0.02) init, class name at the end;
    ``clipkit.blocks.prompt_learner``) is learned with cross-entropy on that subset,
-   ``logits = LOGIT_SCALE * normalize(E_v(x)) . normalize(E_t([ctx] classname.))^T``; both CLIP towers stay frozen.
+   ``logits = s * normalize(E_v(x)) . normalize(E_t([ctx] classname.))^T``; both CLIP towers stay frozen.
    Official recipe: SGD lr 0.002, 50 epochs, cosine with one constant warm-up epoch at 1e-5, batch 32,
    random resized crop + flip (configs/trainers/UPL/*.yaml).
 Test logits come from the learned prompts. The paper's "prompt representation ensemble" averages the test logits of
@@ -46,7 +46,9 @@ def _add_upl_cfg(cfg):
     cfg.TRAINER.UPL.NUM_PSEUDO_PER_CLASS = 16  # K of the top-K-per-class selection (official DATASET.NUM_SHOTS 16)
     # Template of the pseudo-labelling zero-shot classifier; "" = clipkit.text.get_custom_template(dataset key).
     cfg.TRAINER.UPL.TEMPLATE = ""
-    cfg.TRAINER.UPL.LOGIT_SCALE = 100.0  # OpenAI CLIP's exp(logit_scale): pseudo-label softmax and training logits
+    # Temperature of the pseudo-label softmax and of the training / test logits. -1 = the checkpoint's own learned
+    # exp(logit_scale), as the official code (100 for OpenAI CLIP); a positive value fixes it.
+    cfg.TRAINER.UPL.LOGIT_SCALE = -1.0
 
 
 @TRAINER_REGISTRY.register()
@@ -78,6 +80,9 @@ class UPL(CLIPTrainer):
     def build_model(self):
         cfg, node = self.cfg, self.node
         self.clip_model = self.load_clip().float().eval().requires_grad_(False)
+        learned = float(self.clip_model.logit_scale.exp())
+        self.logit_scale = learned if node.LOGIT_SCALE <= 0 else float(node.LOGIT_SCALE)
+        print(f"UPL logit scale {self.logit_scale:.2f} (checkpoint's learned exp(logit_scale): {learned:.2f})")
         self.select_pseudo_labelled_subset()
         generator = torch.Generator().manual_seed(cfg.SEED) if cfg.SEED >= 0 else None
         self.prompt_learner = ContextPromptLearner(
@@ -104,7 +109,7 @@ class UPL(CLIPTrainer):
         probabilities = []
         for batch in loader:
             features = F.normalize(self.clip_model.encode_image(batch["img"].to(self.device)).float(), dim=-1)
-            probabilities.append(torch.softmax(node.LOGIT_SCALE * features @ classifier.t(), dim=-1).cpu())
+            probabilities.append(torch.softmax(self.logit_scale * features @ classifier.t(), dim=-1).cpu())
         probabilities = torch.cat(probabilities)
         kept = top_k_per_class(probabilities, node.NUM_PSEUDO_PER_CLASS).tolist()
         pseudo_labels = probabilities.argmax(dim=1)
@@ -136,7 +141,7 @@ class UPL(CLIPTrainer):
     def logits(self, images: torch.Tensor, classifier: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             features = F.normalize(self.clip_model.encode_image(images).float(), dim=-1)
-        return self.node.LOGIT_SCALE * features @ classifier.t()
+        return self.logit_scale * features @ classifier.t()
 
     # -------------------------------------------------------------------------------------------- one step
     def forward_backward(self, batch) -> Dict[str, float]:
