@@ -113,7 +113,6 @@ class UPL(CLIPTrainer):
         probabilities = torch.cat(probabilities)
         kept = top_k_per_class(probabilities, node.NUM_PSEUDO_PER_CLASS).tolist()
         pseudo_labels = probabilities.argmax(dim=1)
-        self.true_labels_of_subset = [train[i].label for i in kept]
         subset: List[Datum] = [
             Datum(impath=train[i].impath, label=int(pseudo_labels[i]), domain=train[i].domain,
                   classname=self.classnames[int(pseudo_labels[i])])
