@@ -29,7 +29,7 @@ from PIL import Image
 
 from .captions import class_name
 from .class_text import TEMPLATES, descriptions_json
-from .render import BENCHMARK_DOMAIN, MARK_COLOURS, SceneDomain, render, source_digest
+from .render import BENCHMARK_DOMAIN, MARK_COLOURS, Scene, SceneDomain, render, source_digest
 
 DATASET_DIRNAME = "tiny_finegrained"
 METADATA_FILE = "metadata.json"
@@ -105,6 +105,12 @@ def _write_json(path: str, obj) -> None:
         handle.write("\n")
 
 
+def render_item(config: BenchmarkConfig, split: str, index: int, classes) -> Tuple[np.ndarray, Scene]:
+    """Image ``index`` of ``split`` (class ``classes[index % C]``, its own generator): (uint8 image, scene)."""
+    cls = classes[index % len(classes)]
+    return render(image_generator(config.seed, split, index), config.domain, cls["ring_colour"], cls["dot_colour"])
+
+
 def _write_split(root: str, config: BenchmarkConfig, split: str, classes) -> List[str]:
     """Render and write one split; returns the relative paths written."""
     written = []
@@ -113,7 +119,7 @@ def _write_split(root: str, config: BenchmarkConfig, split: str, classes) -> Lis
         os.makedirs(os.path.join(root, "images", split, cls["dir"]), exist_ok=True)
     for index in range(config.per_class(split) * len(classes)):
         cls = classes[index % len(classes)]
-        image, scene = render(image_generator(config.seed, split, index), config.domain, cls["ring_colour"], cls["dot_colour"])
+        image, scene = render_item(config, split, index, classes)
         rel = os.path.join("images", split, cls["dir"], f"{index:06d}.png")
         Image.fromarray(image).save(os.path.join(root, rel), optimize=False)
         written.append(rel)

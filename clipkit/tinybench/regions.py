@@ -11,8 +11,8 @@ from typing import List, Tuple
 
 import numpy as np
 
-from .generate import BenchmarkConfig, image_generator
-from .render import Scene, SceneDomain, _coverage, _local, body_distance, render
+from .generate import BenchmarkConfig, render_item
+from .render import Scene, SceneDomain, pixel_centres, scene_body_distance, scene_mark_distance
 
 BACKGROUND, BODY, MARK = 0, 1, 2  # region labels; background includes the clutter
 REGION_NAMES = ("background", "body", "mark")
@@ -20,15 +20,11 @@ REGION_NAMES = ("background", "body", "mark")
 
 def region_map(scene: Scene, image_size: int) -> np.ndarray:
     """(H, W) uint8 label of what each pixel shows: ``BACKGROUND``, ``BODY`` or ``MARK`` (ring and dot), where the
-    renderer's anti-aliased coverage exceeds one half."""
-    grid = np.arange(image_size, dtype=np.float64) + 0.5
-    xs, ys = np.meshgrid(grid, grid)
+    renderer's anti-aliased coverage exceeds one half (signed distance below 0)."""
+    xs, ys = pixel_centres(image_size)
     labels = np.full((image_size, image_size), BACKGROUND, dtype=np.uint8)
-    u, v = _local(xs, ys, scene.body_centre, scene.body_angle)
-    body = body_distance(scene.body_shape, u, v, scene.body_radius, scene.body_aspect)
-    labels[_coverage(body)[..., 0] > 0.5] = BODY
-    mark = np.hypot(xs - scene.mark_centre[0], ys - scene.mark_centre[1]) - scene.mark_radius
-    labels[_coverage(mark)[..., 0] > 0.5] = MARK
+    labels[scene_body_distance(scene, xs, ys) < 0] = BODY
+    labels[scene_mark_distance(scene, xs, ys, scene.mark_radius) < 0] = MARK
     return labels
 
 
@@ -52,15 +48,13 @@ def config_from_metadata(metadata: dict) -> BenchmarkConfig:
 
 def render_split(config: BenchmarkConfig, split: str) -> Tuple[np.ndarray, List[Scene]]:
     """Re-render a generated split: (N, H, W, 3) uint8 images and their scenes, in the order of
-    ``generate.load_split_images`` (class by class, then by file name). Every image has its own generator
-    (``generate.image_generator``), so this reproduces the files exactly when ``config`` made them."""
+    ``generate.load_split_images`` (class by class, then by file name), with the generator's own
+    ``generate.render_item``, so this reproduces the files exactly when ``config`` made them."""
     classes = config.classes()
     indices = sorted(range(config.per_class(split) * len(classes)), key=lambda index: (index % len(classes), index))
     images, scenes = [], []
     for index in indices:
-        cls = classes[index % len(classes)]
-        image, scene = render(image_generator(config.seed, split, index), config.domain, cls["ring_colour"],
-                              cls["dot_colour"])
+        image, scene = render_item(config, split, index, classes)
         images.append(image)
         scenes.append(scene)
     return np.stack(images), scenes

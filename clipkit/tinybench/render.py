@@ -221,12 +221,28 @@ def apply_camera(image: np.ndarray, domain: SceneDomain) -> np.ndarray:
     return (1.0 - domain.haze) * image + domain.haze * np.asarray(domain.haze_rgb, dtype=np.float64)
 
 
+def pixel_centres(image_size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(H, W) x and y coordinates of the pixel centres."""
+    grid = np.arange(image_size, dtype=np.float64) + 0.5
+    return np.meshgrid(grid, grid)
+
+
+def scene_body_distance(scene: Scene, xs, ys):
+    """Signed pseudo distance (pixels, negative inside) of every pixel to the scene's body."""
+    u, v = _local(xs, ys, scene.body_centre, scene.body_angle)
+    return body_distance(scene.body_shape, u, v, scene.body_radius, scene.body_aspect)
+
+
+def scene_mark_distance(scene: Scene, xs, ys, radius: float):
+    """Signed distance of every pixel to the disc of ``radius`` around the scene's mark centre (ring or dot)."""
+    return np.hypot(xs - scene.mark_centre[0], ys - scene.mark_centre[1]) - radius
+
+
 def render_scene(scene: Scene, noise: np.ndarray, domain: SceneDomain) -> np.ndarray:
     """Render one scene of ``domain`` (its image size and camera) to an (H, W, 3) uint8 array; ``noise`` is (H, W, 3)
     standard-normal times the noise std."""
     image_size = domain.image_size
-    grid = np.arange(image_size, dtype=np.float64) + 0.5
-    xs, ys = np.meshgrid(grid, grid)
+    xs, ys = pixel_centres(image_size)
     background = np.asarray(scene.background_rgb)
     shade = (xs - image_size / 2) / image_size * scene.gradient[0] + (ys - image_size / 2) / image_size * scene.gradient[1]
     image = background + shade[..., None]
@@ -235,12 +251,10 @@ def render_scene(scene: Scene, noise: np.ndarray, domain: SceneDomain) -> np.nda
         distance = (np.hypot(u, v / aspect) - size) * aspect if kind == 0 else _box_distance(u, v, size, size * aspect)
         alpha = _coverage(distance)
         image = image * (1 - alpha) + np.asarray(rgb) * alpha
-    u, v = _local(xs, ys, scene.body_centre, scene.body_angle)
-    alpha = _coverage(body_distance(scene.body_shape, u, v, scene.body_radius, scene.body_aspect))
+    alpha = _coverage(scene_body_distance(scene, xs, ys))
     image = image * (1 - alpha) + np.asarray(scene.body_rgb) * alpha
-    rho = np.hypot(xs - scene.mark_centre[0], ys - scene.mark_centre[1])
     for radius, rgb in ((scene.mark_radius, scene.ring_rgb), (DOT_RADIUS * scene.mark_radius, scene.dot_rgb)):
-        alpha = _coverage(rho - radius)
+        alpha = _coverage(scene_mark_distance(scene, xs, ys, radius))
         image = image * (1 - alpha) + np.asarray(rgb) * alpha
     image = apply_camera(image, domain)
     return np.clip(np.rint(image + noise), 0, 255).astype(np.uint8)
