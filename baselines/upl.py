@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from clipkit.blocks.prompt_learner import ContextPromptLearner, encode_prompted_text
-from clipkit.blocks.pseudo_labels import top_k_per_class
+from clipkit.blocks.pseudo_labels import hard_pseudo_labels, top_k_per_class
 from clipkit.blocks.text_classifier import classifier_from_templates
 from clipkit.config import CN, cfg_extension
 from clipkit.dassl import (
@@ -112,7 +112,7 @@ class UPL(CLIPTrainer):
             probabilities.append(torch.softmax(self.logit_scale * features @ classifier.t(), dim=-1).cpu())
         probabilities = torch.cat(probabilities)
         kept = top_k_per_class(probabilities, node.NUM_PSEUDO_PER_CLASS).tolist()
-        pseudo_labels = probabilities.argmax(dim=1)
+        pseudo_labels, _ = hard_pseudo_labels(probabilities)
         subset: List[Datum] = [
             Datum(impath=train[i].impath, label=int(pseudo_labels[i]), domain=train[i].domain,
                   classname=self.classnames[int(pseudo_labels[i])])

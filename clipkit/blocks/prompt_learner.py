@@ -37,17 +37,10 @@ class ContextPromptLearner(nn.Module):
         ctx_init = ctx_init.replace("_", " ").strip()
         if ctx_init:
             n_ctx = len(ctx_init.split())
-            with torch.no_grad():
-                init_tokens = tokenize([ctx_init]).to(embedding.weight.device)
-                init = embedding(init_tokens)[0, 1 : 1 + n_ctx].float()
-            if class_specific:
-                init = init.expand(len(classnames), -1, -1)
             context_words = ctx_init
+        elif n_ctx < 1:
+            raise ValueError(f"n_ctx must be >= 1 without a ctx_init, got {n_ctx} (TRAINER.<METHOD>.N_CTX)")
         else:
-            if n_ctx < 1:
-                raise ValueError(f"n_ctx must be >= 1 without a ctx_init, got {n_ctx} (TRAINER.<METHOD>.N_CTX)")
-            shape = (len(classnames), n_ctx, width) if class_specific else (n_ctx, width)
-            init = torch.randn(shape, generator=generator) * init_std
             context_words = " ".join([PLACEHOLDER_WORD] * n_ctx)
         prompts = [f"{context_words} {prompt_ready(name)}." for name in classnames]
         tokens = tokenize(prompts).to(embedding.weight.device)
@@ -56,6 +49,11 @@ class ContextPromptLearner(nn.Module):
         tokens = tokens[:, : int((tokens != 0).sum(dim=1).max())]
         with torch.no_grad():
             frozen = embedding(tokens).float()
+        if ctx_init:  # the init words' embeddings, read from the prompts, which start with them
+            init = frozen[:, 1 : 1 + n_ctx] if class_specific else frozen[0, 1 : 1 + n_ctx]
+        else:
+            shape = (len(classnames), n_ctx, width) if class_specific else (n_ctx, width)
+            init = torch.randn(shape, generator=generator) * init_std
         self.n_ctx, self.class_specific = n_ctx, class_specific
         self.ctx = nn.Parameter(init.clone().to(embedding.weight.device))
         self.register_buffer("tokens", tokens, persistent=False)  # (C, L) token ids of the prompts

@@ -59,15 +59,12 @@ def top_k_per_class(probabilities: torch.Tensor, k: int) -> torch.Tensor:
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k} (TRAINER.UPL.NUM_PSEUDO_PER_CLASS)")
-    confidences, labels = probabilities.max(dim=1)
+    labels, confidences = hard_pseudo_labels(probabilities)
     by_confidence = torch.sort(confidences, descending=True, stable=True).indices
     order = by_confidence[torch.sort(labels[by_confidence], stable=True).indices]  # by class, then confidence
-    grouped = labels[order]
-    positions = torch.arange(len(order), device=order.device)
-    is_first = torch.ones_like(grouped, dtype=torch.bool)
-    is_first[1:] = grouped[1:] != grouped[:-1]
-    group_start = torch.cummax(torch.where(is_first, positions, torch.zeros_like(positions)), dim=0).values
-    return torch.sort(order[positions - group_start < k]).values
+    grouped = labels[order]  # ascending class ids
+    rank_in_class = torch.arange(len(order), device=order.device) - torch.searchsorted(grouped, grouped)
+    return torch.sort(order[rank_in_class < k]).values
 
 
 __all__ = ["aggregate_scores", "dynamic_knowledge_aggregation", "hard_pseudo_labels", "top_k_per_class"]
