@@ -205,7 +205,7 @@ def test_frozen_prior_encoder_stays_pretrained(image_root, tiny_clip_path, tmp_p
 def test_strong_view_survives_maximal_posterize_and_is_uint8():
     from PIL import Image
 
-    from trainers.microclip import posterize_keeping_zero_bits, strong_transform
+    from clipkit.blocks.views import posterize_keeping_zero_bits, strong_transform
 
     transform = strong_transform((64, 64), (0.3, 1.0), 0.5, "rand-m9-mstd0.5-inc1")
     posterize_ops = [op for stage in transform.transforms for op in getattr(stage, "ops", ())

@@ -15,14 +15,11 @@ after the classifiers are built). Test: fused logits of the test view. Defaults 
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import math
 from typing import Dict, NamedTuple, Optional
 
 import torch
 from torch import nn
-from torchvision import transforms as T
 from torchvision.transforms.functional import pil_to_tensor
 
 from clipkit.blocks.fusion import PL_FUSION_MODES, cosine_scores, token_fusion_scores
@@ -37,6 +34,7 @@ from clipkit.blocks.ncut import (
 )
 from clipkit.blocks.patch_tap import encode_image_normalized, encode_image_tapped, vision_width
 from clipkit.blocks.pseudo_labels import dynamic_knowledge_aggregation
+from clipkit.blocks.schedule import PRECISIONS, autocast_context, per_iteration_cosine_scheduler
 from clipkit.blocks.soap import FG_TOKEN_MODES, QUERY_MODES, SINK_MODES, SaliencyAttentionPool, project_fg_token
 from clipkit.blocks.text_classifier import (
     classifier_from_templates,
@@ -44,12 +42,12 @@ from clipkit.blocks.text_classifier import (
     mean_classifier,
     weighted_classifier,
 )
+from clipkit.blocks.trainable import TrainedStateMixin, enable_layernorm_affines, trainable_named_parameters
+from clipkit.blocks.views import CROP_MODES, PixelNormalizer, strong_transform, view_transform
 from clipkit.config import CN, cfg_extension
-from clipkit.dassl import INTERPOLATION_MODES, TRAINER_REGISTRY, build_optimizer
+from clipkit.dassl import TRAINER_REGISTRY, build_optimizer
 from clipkit.trainer_base import CLIPTrainer
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-CROP_MODES = ("random", "center")
 PRIOR_VIEWS = ("multi", "single")
 PRIOR_CLASSIFIERS = ("fixed", "learnable")
 PRIOR_ENCODERS = ("tuned", "frozen")
@@ -153,43 +151,6 @@ def _add_microclip_cfg(cfg):
 
 
 # --------------------------------------------------------------------------------------------------- transforms
-def view_transform(size, interpolation: str, crop: str):
-    """PIL -> (3, H, W) uint8: short side resized to max(size), then a random or centre crop of ``size``."""
-    cropper = T.RandomCrop(size) if crop == "random" else T.CenterCrop(size)
-    return T.Compose([T.Resize(max(size), interpolation=INTERPOLATION_MODES[interpolation]), cropper, T.PILToTensor()])
-
-
-def posterize_keeping_zero_bits(img, bits_to_keep, **_):
-    """timm's posterize with Pillow < 11 semantics: 0 bits kept gives a black image.
-
-    timm's "PosterizeIncreasing" asks for 0 bits at magnitude 10 (reached by m9 + mstd0.5 in ~2% of draws); recent
-    Pillow rejects that with ValueError, the Pillow the official code ran with returned zeros.
-    """
-    from PIL import Image, ImageOps
-
-    if bits_to_keep >= 8:
-        return img
-    if bits_to_keep <= 0:
-        return Image.new(img.mode, img.size)
-    return ImageOps.posterize(img, bits_to_keep)
-
-
-def strong_transform(size, rrc_scale, hflip: float, randaugment: str):
-    """PIL -> (3, H, W) uint8: timm RandomResizedCrop(scale) + flip + RandAugment, bicubic, fill 0 (official)."""
-    from timm.data import auto_augment
-    from timm.data.transforms_factory import transforms_imagenet_train
-
-    transform = transforms_imagenet_train(
-        tuple(size), scale=tuple(rrc_scale), hflip=hflip, color_jitter=0.0, auto_augment=randaugment,
-        interpolation="bicubic", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), use_prefetcher=True,
-    )
-    for stage in transform.transforms:
-        for op in getattr(stage, "ops", ()):
-            if op.aug_fn is auto_augment.posterize:
-                op.aug_fn = posterize_keeping_zero_bits
-    return transform
-
-
 class MultiCropTransform:
     """PIL -> (N, 3, S, S) uint8 square crops of the original image (Eq. 9), resized bicubically to S."""
 
@@ -212,7 +173,7 @@ class TokenFeatures(NamedTuple):
     mask: Optional[torch.Tensor]
 
 
-class MicroCLIPNet(nn.Module):
+class MicroCLIPNet(TrainedStateMixin, nn.Module):
     """CLIP's vision tower + SOAP + the two-headed classifier (frozen W_LLM buffer, learnable W* parameter)."""
 
     def __init__(self, visual: nn.Module, w_llm: torch.Tensor, w_star: torch.Tensor, node, pixel_mean, pixel_std):
@@ -223,9 +184,7 @@ class MicroCLIPNet(nn.Module):
         self.soap = SaliencyAttentionPool(vision_width(visual), node.SOAP.QUERY, node.SOAP.FG_TOKEN, node.SOAP.SINK)
         self.w_star = nn.Parameter(w_star.detach().clone())  # (C, D) W*_LLM; rows normalised where used
         self.register_buffer("w_llm", w_llm.detach().clone())  # (C, D) frozen W_LLM, unit rows
-        # uint8 -> normalised: (x - 255 mean) / (255 std), done on the device
-        self.register_buffer("pixel_mean", 255.0 * torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("pixel_std", 255.0 * torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.normalizer = PixelNormalizer(pixel_mean, pixel_std)  # uint8 -> CLIP-normalised, on the device
         self.ncut_options = dict(variant=node.NCUT.VARIANT, tau=node.NCUT.TAU, eps=node.NCUT.EPS,
                                  sign_rule=node.NCUT.SIGN_RULE)
         self.logit_scale = node.LOGIT_SCALE
@@ -233,7 +192,7 @@ class MicroCLIPNet(nn.Module):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 (or float in [0, 255]) -> CLIP-normalised float."""
-        return (images.float() - self.pixel_mean) / self.pixel_std
+        return self.normalizer(images)
 
     def encode(self, images: torch.Tensor, with_fg: bool = True) -> TokenFeatures:
         """(B, 3, H, W) uint8 -> [CLS] feature and, if asked, the NCut mask and [FG] feature (Eqs. 1-6)."""
@@ -267,51 +226,18 @@ class MicroCLIPNet(nn.Module):
         return self.token_fusion_logits(self.encode(images, with_fg=self.fusion_cls_weight < 1.0))
 
     # Checkpoints hold only what training changes (LayerNorm affines, W*, SOAP: ~2M values instead of the ~88M of a
-    # ViT-B tower, 8 MB instead of 350 MB per checkpoint); the frozen weights are rebuilt from the CLIP checkpoint.
-    def trained_state_keys(self):
-        return {name for name, param in self.named_parameters() if param.requires_grad}
-
-    def state_dict(self, *args, **kwargs):
-        full = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
-        keep = {prefix + name for name in self.trained_state_keys()}
-        for name in [key for key in full if key not in keep]:
-            del full[name]
-        return full
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Load a (slim) checkpoint: it must hold exactly the trained tensors; frozen ones keep their CLIP values."""
-        expected, given = self.trained_state_keys(), set(state_dict)
-        if strict and (expected - given or given - set(super().state_dict())):
-            raise RuntimeError(
-                f"microCLIP checkpoint mismatch: missing {sorted(expected - given)}, "
-                f"unexpected {sorted(given - set(super().state_dict()))}"
-            )
-        return super().load_state_dict(state_dict, strict=False, assign=assign)
+    # ViT-B tower, 8 MB instead of 350 MB per checkpoint); the frozen weights are rebuilt from the CLIP checkpoint
+    # (TrainedStateMixin).
 
 
 def trainable_parameters(model: MicroCLIPNet, train_soap: bool) -> Dict[str, nn.Parameter]:
     """Freeze everything but the vision LayerNorm affines, W* and (if ``train_soap``) SOAP. Returns them by name."""
     model.requires_grad_(False)
-    for module in model.visual.modules():
-        if isinstance(module, nn.LayerNorm):
-            module.requires_grad_(True)
+    enable_layernorm_affines(model.visual)
     model.w_star.requires_grad_(True)
     if train_soap:
         model.soap.requires_grad_(True)
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
-def autocast_context(device: torch.device, precision: str):
-    """``torch.autocast`` for "bf16" / "fp16" on ``device``; a no-op for "fp32" (TRAINER.MICROCLIP.PREC)."""
-    dtype = PRECISIONS[precision]
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
-def per_iteration_cosine(step: int, total_steps: int, base_lr: float, min_lr: float) -> float:
-    """LR at ``step`` of a per-iteration cosine from ``base_lr`` to ``min_lr`` without warmup (official schedule)."""
-    progress = min(step, total_steps) / max(total_steps, 1)
-    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+    return trainable_named_parameters(model)
 
 
 class ComputePlan(NamedTuple):
@@ -481,9 +407,7 @@ class MicroCLIP(CLIPTrainer):
         self.optim = build_optimizer(list(params.values()), cfg.OPTIM)
         total_steps = max(1, cfg.OPTIM.MAX_EPOCH * len(self.train_loader_x))
         base_lr, min_lr = cfg.OPTIM.LR, node.MIN_LR
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.optim, lambda step: per_iteration_cosine(step, total_steps, base_lr, min_lr) / base_lr
-        )
+        self.sched = per_iteration_cosine_scheduler(self.optim, total_steps, base_lr, min_lr)
         self.register_model("microclip", self.model, self.optim, self.sched)
         self.scaler = torch.amp.GradScaler(self.device.type) if node.PREC == "fp16" else None
         self._reset_epoch_state()
