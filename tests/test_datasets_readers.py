@@ -189,7 +189,7 @@ def build_caltech101(root):
             labels[image(f"{d}/{folder}/image_{i + 1:04d}.jpg")] = label
     for ignored in ("BACKGROUND_Google", "Faces_easy"):
         image(f"{d}/{ignored}/image_0001.jpg")
-    return Tree(Caltech101, caltech101_classnames(), (200, 0, 100), labels, "101_ObjectCategories/yin_yang",
+    return Tree(Caltech101, caltech101_classnames(), (200, 0, 100), labels, "101_ObjectCategories",
                 cfg={"DATASET.CALTECH101.TRAIN_PER_CLASS": 2})
 
 
