@@ -184,9 +184,9 @@ def scan_class_folders(image_dir: str, reader, official: Sequence[str], ignored:
     problems = ([f"missing {len(missing)} of the {len(official)} official class folders ({shown(missing)})"]
                 if missing else [])
     problems += [f"{len(empty)} folders without images ignored ({shown(empty)})"] if empty else []
-    problems += ([f"{len(extra)} folders not in the official list "
-                  + ("used as classes" if extras_usable else "ignored (no split metadata lists them)")
-                  + f" ({shown(extra)})"] if extra else [])
+    problems += ([f"{len(extra)} folders not in the official list ({shown(extra)}) "
+                  + ("used as classes" if extras_usable else "ignored: the split metadata does not list them")]
+                 if extra else [])
     if strict and (missing or extra or empty):
         raise DatasetLayoutError(
             f"{name}: the class folders of {image_dir} differ from the official {len(official)}: "
