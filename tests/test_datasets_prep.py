@@ -175,7 +175,7 @@ def test_prep_ucf101_decodes_avi_and_lists_unreadable_videos(tmp_path, capsys):
         prep.middle_frame(str(videos / "v_ApplyEyeMakeup_g02_c01.avi"))
     for broken in ("g02", "g03"):  # fixed copies: the rerun decodes them and removes the stale list
         write_avi_video(videos / f"v_ApplyEyeMakeup_{broken}_c01.avi", colors)
-    assert prep.main(["--root", str(tmp_path), "--workers", "2"]) == 0
+    assert prep.main(["--root", str(tmp_path)]) == 0
     assert len(os.listdir(frames)) == 3 and not failed_list.exists()
 
 
