@@ -46,7 +46,7 @@ PAPER_SIZES = {
 }
 TINY = "tiny"  # the embedded tiny benchmark: only when asked for with --datasets
 BAD_FILES = "check_data_bad_files.txt"
-CHUNKSIZE = 64  # images per task sent to a decoding process
+CHUNKSIZE = 64  # at most this many images per task sent to a decoding process
 
 
 @dataclass
@@ -84,9 +84,10 @@ def decode_all(paths: Sequence[str], workers: int, desc: str) -> List[Tuple[str,
     from tqdm import tqdm
 
     progress = dict(total=len(paths), desc=desc, unit="img", disable=None, leave=False)
-    if workers > 1 and len(paths) > CHUNKSIZE:
-        with Pool(workers) as pool:
-            results = list(tqdm(pool.imap_unordered(decode, paths, chunksize=CHUNKSIZE), **progress))
+    if workers > 1 and len(paths) > 1:
+        chunksize = max(1, min(CHUNKSIZE, len(paths) // (4 * workers)))  # small datasets still use every process
+        with Pool(min(workers, len(paths))) as pool:
+            results = list(tqdm(pool.imap_unordered(decode, paths, chunksize=chunksize), **progress))
     else:
         results = [decode(path) for path in tqdm(paths, **progress)]
     return sorted((path, reason) for path, reason in results if reason)
