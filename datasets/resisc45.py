@@ -15,8 +15,6 @@ split file is not published); CoOp defines no RESISC45 split.
 
 from __future__ import annotations
 
-import os
-
 from clipkit.dassl import DATASET_REGISTRY, DatasetBase
 
 from ._common import (

@@ -4,7 +4,6 @@ with a truncated JPEG and a non-image file among its images."""
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
@@ -112,7 +111,8 @@ def test_run_all_check_data_runs_the_preflight_before_the_sweep(tmp_path):
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == expected_rc, done.stderr
         calls = log.read_text().splitlines()
-        assert calls[0] == "-m clipkit.check_data --workers 4 --ignore-descriptions --sweep-args " + " ".join(sweep_args)
+        check_call = "-m clipkit.check_data --workers 4 --ignore-descriptions --sweep-args " + " ".join(sweep_args)
+        assert calls[0] == check_call
         if check_rc:
             assert len(calls) == 1 and "the data check failed" in done.stderr
         else:
