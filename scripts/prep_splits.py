@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from datasets._common import DatasetLayoutError, misplaced_hint  # noqa: E402
+from datasets._common import DatasetLayoutError, DatasetLayoutWarning, misplaced_hint  # noqa: E402
 from datasets._splits import write_split_file  # noqa: E402
 from datasets.birdsnap import Birdsnap  # noqa: E402
 from datasets.resisc45 import RESISC45  # noqa: E402
@@ -44,9 +45,13 @@ def generate(dataset_key: str, root: str, seed: int = DEFAULT_SEED, image_folder
     if os.path.exists(path) and not force:
         raise SystemExit(f"error: {path} exists; pass --force to regenerate it (results would no longer be comparable)")
     try:
-        splits = reader.make_microclip_split(dataset_dir, seed, image_folder)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DatasetLayoutWarning)
+            splits = reader.make_microclip_split(dataset_dir, seed, image_folder)
     except DatasetLayoutError as err:
         raise SystemExit(f"error: {err}") from err
+    for warning in caught:  # missing / extra / renamed class folders: the split is made from what is there
+        print(f"warning: {warning.message}", file=sys.stderr)
     meta = {"generator": "scripts/prep_splits.py", "dataset": dataset_key, "seed": seed,
             "image_folder": image_folder or reader.image_folder}
     write_split_file(path, splits, meta)
