@@ -179,7 +179,7 @@ def scan_class_folders(image_dir: str, reader, official: Sequence[str], ignored:
             extra.append(folder)
             if extras_usable:
                 classes.append(ClassFolder(folder, folder))
-    missing = [key for key in free if key not in empty]
+    missing = free  # official folders absent, or present without images
     classes.sort(key=lambda item: item.key)
     problems = ([f"missing {len(missing)} of the {len(official)} official class folders ({shown(missing)})"]
                 if missing else [])
@@ -196,10 +196,11 @@ def scan_class_folders(image_dir: str, reader, official: Sequence[str], ignored:
     problems += [f"{len(renamed)} renamed folders matched to their official names ({shown(renamed)})"] if renamed \
         else []
     if problems:
-        warnings.warn(
-            f"{name}: the class folders of {image_dir} differ from the official release: " + "; ".join(problems)
-            + f". Labels = the {len(classes)} classes present, in sorted order; results are not comparable with "
-            f"the paper's. {docs_hint(reader)}", DatasetLayoutWarning, stacklevel=2)
+        changed = missing or (extra and extras_usable)
+        outcome = (f"Labels = the {len(classes)} classes present, in sorted order; results are not comparable with "
+                   f"the paper's." if changed else "Labels and class names are the official ones.")
+        warnings.warn(f"{name}: the class folders of {image_dir} differ from the official release: "
+                      + "; ".join(problems) + f". {outcome} {docs_hint(reader)}", DatasetLayoutWarning, stacklevel=2)
     if not classes:
         raise DatasetLayoutError(f"{name}: no class folder with images in {image_dir}. {docs_hint(reader)}")
     return classes
