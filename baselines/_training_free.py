@@ -27,6 +27,37 @@ from clipkit import feature_cache
 from clipkit.trainer_base import CLIPTrainer
 
 
+def split_cache_key(cfg, clip_model, dataset_key: str, split: str, data_source: Sequence, transform: str,
+                    num_crops: int = 0, crop_seed=None) -> Dict:
+    """Feature-cache key of one split's images under ``transform`` for the backbone of ``cfg``."""
+    return feature_cache.feature_cache_key(
+        backbone=cfg.MODEL.BACKBONE.NAME,
+        checkpoint_digest=feature_cache.model_digest(clip_model) if cfg.TEST.FEATURE_CACHE else "",
+        dataset=dataset_key,
+        split=split,
+        transform=transform,
+        image_paths=[item.impath for item in data_source],
+        num_crops=num_crops,
+        crop_seed=crop_seed,
+    )
+
+
+def cached_split_features(cfg, clip_model, dataset_key: str, split: str, data_source: Sequence, loader,
+                          device) -> torch.Tensor:
+    """(N, D) unit CLIP features of ``data_source`` through a sequential Dassl ``loader`` (its transform is part of
+    the key), read from or written to the feature cache (TEST.FEATURE_CACHE), on ``device``. Shared by the
+    training-free methods (test split) and the prototype initialisation of self-training methods (train split)."""
+    transform = repr(getattr(loader.dataset, "transform", None))
+    key = split_cache_key(cfg, clip_model, dataset_key, split, data_source, transform)
+    paths = [item.impath for item in data_source]
+    stored = feature_cache.load_or_compute(
+        key,
+        lambda: feature_cache.encode_loader(clip_model, loader, device, expected_paths=paths),
+        enabled=bool(cfg.TEST.FEATURE_CACHE),
+    )
+    return F.normalize(stored["features"].to(device), dim=-1)
+
+
 class TrainingFreeTrainer(CLIPTrainer):
     """Base class of the training-free baselines; ``cfg_node`` names the method's node under ``cfg.TRAINER``."""
 
@@ -79,28 +110,13 @@ class TrainingFreeTrainer(CLIPTrainer):
         return bool(self.cfg.TEST.FEATURE_CACHE)
 
     def _key(self, split: str, data_source: Sequence, transform: str, num_crops: int = 0, crop_seed=None) -> Dict:
-        return feature_cache.feature_cache_key(
-            backbone=self.cfg.MODEL.BACKBONE.NAME,
-            checkpoint_digest=feature_cache.model_digest(self.clip_model) if self._cache_enabled() else "",
-            dataset=self.dataset_key,
-            split=split,
-            transform=transform,
-            image_paths=[item.impath for item in data_source],
-            num_crops=num_crops,
-            crop_seed=crop_seed,
-        )
+        return split_cache_key(self.cfg, self.clip_model, self.dataset_key, split, data_source, transform,
+                               num_crops=num_crops, crop_seed=crop_seed)
 
     def image_features(self, split: str, data_source: Sequence, loader) -> torch.Tensor:
         """(N, D) unit CLIP features of the split's images under the test transform (cached), on the device."""
-        transform = repr(getattr(loader.dataset, "transform", None))
-        key = self._key(split, data_source, transform)
-        paths = [item.impath for item in data_source]
-        stored = feature_cache.load_or_compute(
-            key,
-            lambda: feature_cache.encode_loader(self.clip_model, loader, self.device, expected_paths=paths),
-            enabled=self._cache_enabled(),
-        )
-        return F.normalize(stored["features"].to(self.device), dim=-1)
+        return cached_split_features(self.cfg, self.clip_model, self.dataset_key, split, data_source, loader,
+                                     self.device)
 
     def crop_features(
         self, split: str, data_source: Sequence, num_crops: int, side_range: Sequence[float], crop_seed: int

@@ -45,3 +45,28 @@ def test_uniform_marginal_gives_log_c_and_total_loss_composition():
     torch.testing.assert_close(total, ce + reg)
     torch.testing.assert_close(reg, -2 * logits.softmax(-1).mean(0).log().mean())
     assert not marginal.requires_grad
+
+
+# ------------------------------------------------------------------------------------------------------ DPA's losses
+def test_weighted_cross_entropy_and_prototype_alignment_by_hand():
+    import math
+
+    from clipkit.blocks.losses import prototype_alignment_loss, weighted_cross_entropy
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
+    labels = torch.tensor([0, 2])
+    weights = torch.tensor([0.5, 2.0])
+    ce = []
+    for b in range(2):
+        log_norm = math.log(sum(math.exp(float(v)) for v in logits[b]))
+        ce.append(log_norm - float(logits[b, labels[b]]))
+    expected = (0.5 * ce[0] + 2.0 * ce[1]) / 2
+    assert abs(float(weighted_cross_entropy(logits, labels, weights)) - expected) < 1e-6
+
+    z = torch.nn.functional.normalize(torch.tensor([[1.0, 0.2], [0.1, 1.0], [-1.0, 0.3]]), dim=-1)
+    w = torch.nn.functional.normalize(torch.tensor([[0.9, 0.0], [0.0, 1.0], [-0.5, 0.5]]), dim=-1)
+    total = 0.0
+    for c in range(3):
+        row = [7.0 * float(z[c] @ w[j]) for j in range(3)]
+        total += math.log(sum(math.exp(v) for v in row)) - row[c]
+    assert abs(float(prototype_alignment_loss(z, w, 7.0)) - total / 3) < 1e-5

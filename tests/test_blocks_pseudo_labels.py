@@ -59,3 +59,52 @@ def test_top_k_per_class_keeps_the_lower_index_on_ties_and_rejects_k_0():
     assert top_k_per_class(probabilities, 2).tolist() == [0, 1, 3]
     with pytest.raises(ValueError, match="NUM_PSEUDO_PER_CLASS"):
         top_k_per_class(probabilities, 0)
+
+
+# ------------------------------------------------------------------------------------------- DPA's pseudo-labeller
+def test_distribution_alignment_matches_a_hand_loop():
+    from clipkit.blocks.pseudo_labels import distribution_alignment
+
+    probs = torch.softmax(torch.randn(4, 3, generator=torch.Generator().manual_seed(1)), dim=1)
+    marginal = torch.tensor([0.5, 0.2, 0.3])
+    got = distribution_alignment(probs, marginal)
+    for b in range(4):
+        row = [float(probs[b, c]) / float(marginal[c]) for c in range(3)]
+        total = sum(row)
+        for c in range(3):
+            assert abs(float(got[b, c]) - row[c] / total) < 1e-6
+
+
+def test_mixture_and_ranking_weights_match_the_official_formulas():
+    from clipkit.blocks.pseudo_labels import mix_probabilities, ranking_weights
+
+    p_img = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    p_txt = torch.tensor([[0.2, 0.5, 0.3], [0.3, 0.3, 0.4]])
+    mixed = mix_probabilities(p_img, p_txt, 0.25)
+    assert torch.allclose(mixed[0], torch.tensor([0.25 * 0.7 + 0.75 * 0.2, 0.25 * 0.2 + 0.75 * 0.5,
+                                                  0.25 * 0.1 + 0.75 * 0.3]))
+    labels = torch.tensor([0, 2])
+    # official get_weights: p[y] / (max p + eps), row by row
+    weights = ranking_weights(p_txt, labels, 1e-7)
+    assert abs(float(weights[0]) - 0.2 / (0.5 + 1e-7)) < 1e-7 and abs(float(weights[1]) - 0.4 / (0.4 + 1e-7)) < 1e-7
+    with pytest.raises(ValueError, match="mixing weight"):
+        mix_probabilities(p_img, p_txt, 1.5)
+
+
+def test_marginal_queue_keeps_the_last_batch_means():
+    from clipkit.blocks.pseudo_labels import MarginalQueue
+
+    queue = MarginalQueue(length=3, num_classes=2)
+    with pytest.raises(RuntimeError):
+        queue.mean()
+    pushed = [torch.tensor([float(i), 1.0 - i / 10]) for i in range(7)]
+    reference = []
+    for i, mean in enumerate(pushed):
+        queue.push(mean)
+        reference.append(mean)  # the official list: append, then pop the oldest beyond the length
+        if len(reference) > 3:
+            reference.pop(0)
+        assert torch.allclose(queue.mean(), sum(reference) / len(reference)), i
+    restored = MarginalQueue(length=3, num_classes=2)
+    restored.load_state_dict(queue.state_dict())
+    assert torch.equal(restored.mean(), queue.mean())

@@ -8,7 +8,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINER_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "trainers", "*", "*.yaml")))
 DATASET_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "datasets", "*.yaml")))
-NOT_BACKBONE_FILES = ("dataset_overrides.yaml",)
+NOT_BACKBONE_FILES = ("dataset_overrides.yaml", "official_overrides.yaml")
 
 
 def _setup_cfg(trainer, dataset_config, trainer_config):
@@ -37,3 +37,24 @@ def test_trainer_config_merges_with_every_dataset(trainer_config):
         cfg = _setup_cfg(trainer, dataset_config, trainer_config)
         assert cfg.TRAINER.NAME == trainer and cfg.MODEL.BACKBONE.NAME
 
+
+
+OVERRIDE_FILES = sorted(glob.glob(os.path.join(REPO, "configs", "trainers", "*", "*overrides.yaml")))
+
+
+@pytest.mark.parametrize("overrides_file", OVERRIDE_FILES,
+                         ids=lambda p: os.path.relpath(p, os.path.join(REPO, "configs", "trainers")))
+def test_dataset_override_opts_merge_into_the_method_config(overrides_file):
+    """Every per-dataset opts list of an overrides file names existing keys with valid values for its dataset."""
+    import yaml
+
+    method_dir = os.path.dirname(overrides_file)
+    trainer = os.path.basename(method_dir)
+    with open(overrides_file) as handle:
+        overrides = yaml.safe_load(handle) or {}
+    for dataset, opts in overrides.items():
+        dataset_config = os.path.join(REPO, "configs", "datasets", f"{dataset}.yaml")
+        assert os.path.isfile(dataset_config), f"{overrides_file}: unknown dataset key {dataset!r}"
+        cfg = _setup_cfg(trainer, dataset_config, os.path.join(method_dir, "vit_b32.yaml"))
+        cfg.defrost()
+        cfg.merge_from_list([str(o) for o in opts])

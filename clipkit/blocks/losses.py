@@ -58,3 +58,20 @@ def microclip_loss(
 
 
 __all__ = ["fairness_loss", "microclip_loss", "running_class_marginal", "self_training_loss"]
+
+
+# ------------------------------------------------------------------------------------------------------ DPA's losses
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``mean_b w_b CE(logits_b, y_b)`` for (B, C) logits, (B,) labels and (B,) weights (DPA's self-training term)."""
+    return (weights * F.cross_entropy(logits, labels, reduction="none")).mean()
+
+
+def prototype_alignment_loss(image_prototypes: torch.Tensor, text_prototypes: torch.Tensor,
+                             temperature: float) -> torch.Tensor:
+    """DPA's alignment: ``CE(t * Z W^T, arange(C))`` for (C, D) unit image prototypes Z and text prototypes W: each
+    image prototype is classified as its own class by the text prototypes."""
+    logits = temperature * image_prototypes @ text_prototypes.t()
+    return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
+
+
+__all__ += ["prototype_alignment_loss", "weighted_cross_entropy"]

@@ -68,3 +68,56 @@ def top_k_per_class(probabilities: torch.Tensor, k: int) -> torch.Tensor:
 
 
 __all__ = ["aggregate_scores", "dynamic_knowledge_aggregation", "hard_pseudo_labels", "top_k_per_class"]
+
+
+# ---------------------------------------------------------------------------------------------- DPA's pseudo-labeller
+# Dual prototypes alignment (Ali et al., WACV'25): text-head probabilities corrected by distribution alignment, mixed
+# with the image-prototype head, and per-sample "ranking" weights from both heads.
+
+
+def distribution_alignment(probabilities: torch.Tensor, reference_marginal: torch.Tensor) -> torch.Tensor:
+    """(B, C) probabilities divided by the (C,) running class marginal, rows renormalised to sum to 1 (DPA)."""
+    aligned = probabilities / reference_marginal.unsqueeze(0)
+    return aligned / aligned.sum(dim=1, keepdim=True)
+
+
+def mix_probabilities(primary: torch.Tensor, secondary: torch.Tensor, weight: float) -> torch.Tensor:
+    """``weight * primary + (1 - weight) * secondary`` for (B, C) probabilities (DPA: a p_img + (1 - a) p_da)."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"mixing weight must lie in [0, 1], got {weight}")
+    return weight * primary + (1.0 - weight) * secondary
+
+
+def ranking_weights(probabilities: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+    """(B,) ``p[y] / (max p + eps)``: 1 (up to eps) when ``labels`` is the head's own top-1 (DPA ``get_weights``)."""
+    top = probabilities.max(dim=1).values
+    return probabilities.gather(1, labels.long().unsqueeze(1)).squeeze(1) / (top + eps)
+
+
+class MarginalQueue(torch.nn.Module):
+    """The last ``length`` batch means of the text-head probabilities (DPA's distribution-alignment queue), as a ring
+    buffer of buffers so that it is checkpointed; it persists across epochs."""
+
+    def __init__(self, length: int, num_classes: int):
+        super().__init__()
+        if length < 1:
+            raise ValueError(f"queue length must be >= 1, got {length}")
+        self.register_buffer("entries", torch.zeros(length, num_classes))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))  # pushes so far
+
+    @torch.no_grad()
+    def push(self, batch_mean: torch.Tensor) -> None:
+        """Append a (C,) batch mean, dropping the oldest once ``length`` are held."""
+        slot = int(self.count) % self.entries.shape[0]
+        self.entries[slot] = batch_mean.detach().to(self.entries)
+        self.count += 1
+
+    def mean(self) -> torch.Tensor:
+        """(C,) mean of the held entries (at least one push required)."""
+        held = min(int(self.count), self.entries.shape[0])
+        if held == 0:
+            raise RuntimeError("MarginalQueue.mean() before any push")
+        return self.entries[:held].mean(dim=0)
+
+
+__all__ += ["MarginalQueue", "distribution_alignment", "mix_probabilities", "ranking_weights"]
