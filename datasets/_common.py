@@ -1,5 +1,6 @@
-"""Code shared by the benchmark readers: locating files (or failing with a message that says where to look),
-choosing the split protocol, reading split files, turning records into ``Datum`` lists and final checks.
+"""Code shared by the benchmark readers: locating files (or failing with a message that says where to look, also when
+a folder was put one level off), choosing the split protocol, reading split files, taking the classes of a release
+without a class list from its folders (``scan_class_folders``), turning records into ``Datum`` lists, final checks.
 
 Readers describe themselves with class attributes:
 
