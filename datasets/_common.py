@@ -1,5 +1,6 @@
-"""Code shared by the benchmark readers: locating files (or failing with a message that says where to look),
-choosing the split protocol, reading split files, turning records into ``Datum`` lists and final checks.
+"""Code shared by the benchmark readers: locating files (or failing with a message that says where to look, also when
+a folder was put one level off), choosing the split protocol, reading split files, taking the classes of a release
+without a class list from its folders (``scan_class_folders``), turning records into ``Datum`` lists, final checks.
 
 Readers describe themselves with class attributes:
 
@@ -13,14 +14,16 @@ Readers describe themselves with class attributes:
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence
+import warnings
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from clipkit.dassl import Datum
 from clipkit.text.descriptions import name_key, word_key
 
-from ._splits import SPLIT_NAMES, Record, SplitFileError, read_split_file
+from ._splits import SPLIT_NAMES, Record, SplitFileError, label_order, read_split_file
 
 KNOWN_SPLIT_PROTOCOLS = ("microclip", "coop")
 DOCS_FILE = "DATASETS.md"
@@ -30,6 +33,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 class DatasetLayoutError(FileNotFoundError):
     """A dataset folder, metadata file or image is missing or malformed."""
+
+
+class DatasetLayoutWarning(UserWarning):
+    """The data differs from the official release (missing, extra or renamed class folders) but can still be read."""
 
 
 def reader_name(reader) -> str:
@@ -51,7 +58,36 @@ def dataset_root(cfg, reader) -> str:
         )
     path = os.path.join(os.path.abspath(os.path.expanduser(root)), reader.dataset_folder)
     if not os.path.isdir(path):
-        raise DatasetLayoutError(f"{reader_name(reader)}: dataset folder not found: {path}. {docs_hint(reader)}")
+        raise DatasetLayoutError(f"{reader_name(reader)}: dataset folder not found: {path}."
+                                 f"{misplaced_hint(path, reader)} {docs_hint(reader)}")
+    return path
+
+
+def misplaced_hint(dataset_dir: str, reader) -> str:
+    """A sentence saying where the reader's ``image_folder`` was found instead of ``<dataset_dir>/<image_folder>``:
+    directly under ``DATASET.ROOT``, or as class folders directly inside ``dataset_dir``; "" when neither."""
+    folder = getattr(reader, "image_folder", "")
+    if not folder:
+        return ""
+    target = os.path.join(dataset_dir, folder)
+    beside = os.path.join(os.path.dirname(dataset_dir), folder)
+    if os.path.isdir(beside):
+        return (f" Found {beside} directly under DATASET.ROOT; it belongs in {target} "
+                f"(mkdir -p {dataset_dir} && mv {beside} {target}).")
+    if os.path.isdir(dataset_dir):
+        subfolders = [entry.name for entry in os.scandir(dataset_dir) if entry.is_dir()]
+        if any(list_images(os.path.join(dataset_dir, sub)) for sub in subfolders):
+            return (f" {dataset_dir} holds image folders directly ({shown(sorted(subfolders))}); move them into "
+                    f"{target}, or make the split with `scripts/prep_splits.py --image-folder .`.")
+    return ""
+
+
+def image_folder_dir(dataset_dir: str, reader, image_folder: str = "") -> str:
+    """``<dataset_dir>/<image_folder or reader.image_folder>``; raises with a hint when it was put elsewhere."""
+    path = os.path.join(dataset_dir, image_folder or reader.image_folder)
+    if not os.path.isdir(path):
+        hint = misplaced_hint(dataset_dir, reader) if image_folder in ("", reader.image_folder) else ""
+        raise DatasetLayoutError(f"{reader_name(reader)}: image folder not found: {path}.{hint} {docs_hint(reader)}")
     return path
 
 
@@ -90,6 +126,104 @@ def list_images(folder: str) -> List[str]:
     """Sorted names of the image files directly inside ``folder`` (hidden files skipped)."""
     return sorted(name for name in os.listdir(folder)
                   if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def shown(items: Sequence[str], limit: int = ERRORS_SHOWN) -> str:
+    """``"a, b, c"`` or ``"a, b, ... (12 in all)"``: a list cut to ``limit`` entries for a message."""
+    items = list(items)
+    text = ", ".join(items[:limit])
+    return text + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+@dataclass(frozen=True)
+class ClassFolder:
+    """A class folder found on disk: ``folder`` = its name there, ``key`` = its official spelling (the same unless
+    the folder was renamed, or the folder name itself for a folder the official list does not have)."""
+
+    folder: str
+    key: str
+
+
+def scan_class_folders(image_dir: str, reader, official: Sequence[str], ignored: Sequence[str] = (),
+                       strict: bool = False, extras_usable: bool = True) -> List[ClassFolder]:
+    """The class folders of ``image_dir`` in label order: code-point order of their official spelling (ImageFolder
+    order on an official copy), compared with the ``official`` folder list of the release.
+
+    A folder equal to an official one up to case, separators and punctuation (``car-side`` for ``car_side``) stands
+    for it; ``ignored`` folders and folders without images are skipped. Missing official folders, folders not in the
+    official list and renamed folders are reported in one ``DatasetLayoutWarning``; with ``strict`` (a split file
+    made for the official class set) missing or extra folders raise instead. ``extras_usable=False``: the protocol's
+    metadata cannot place images of an unknown folder, so such folders are reported and left out.
+    """
+    name = reader_name(reader)
+    require_dir(image_dir, reader)
+    ignored_keys = {name_key(folder) for folder in ignored}
+    on_disk, empty = [], []
+    for folder in sorted(os.listdir(image_dir)):
+        path = os.path.join(image_dir, folder)
+        if folder.startswith(".") or not os.path.isdir(path) or name_key(folder) in ignored_keys:
+            continue
+        (on_disk if list_images(path) else empty).append(folder)
+    official_set = set(official)
+    free = [key for key in official if key not in on_disk]  # official folders not present under their own name
+    classes, renamed, extra = [], [], []
+    for folder in on_disk:
+        if folder in official_set:
+            classes.append(ClassFolder(folder, folder))
+            continue
+        match = next((key for key in free if same_class(folder, key)), None)
+        if match is not None:
+            free.remove(match)
+            classes.append(ClassFolder(folder, match))
+            renamed.append(f"{folder} -> {match}")
+        else:
+            extra.append(folder)
+            if extras_usable:
+                classes.append(ClassFolder(folder, folder))
+    missing = free  # official folders absent, or present without images
+    classes.sort(key=lambda item: item.key)
+    problems = ([f"missing {len(missing)} of the {len(official)} official class folders ({shown(missing)})"]
+                if missing else [])
+    problems += [f"{len(empty)} folders without images ignored ({shown(empty)})"] if empty else []
+    problems += ([f"{len(extra)} folders not in the official list ({shown(extra)}) "
+                  + ("used as classes" if extras_usable else "ignored: the split metadata does not list them")]
+                 if extra else [])
+    if strict and (missing or extra or empty):
+        raise DatasetLayoutError(
+            f"{name}: the class folders of {image_dir} differ from the official {len(official)}: "
+            + "; ".join(problems) + ". The split file of this protocol is made for the official class set; use "
+            f"DATASET.SPLIT_PROTOCOL microclip for a partial copy, or restore the folders. {docs_hint(reader)}"
+        )
+    problems += [f"{len(renamed)} renamed folders matched to their official names ({shown(renamed)})"] if renamed \
+        else []
+    if problems:
+        changed = missing or (extra and extras_usable)
+        outcome = (f"Labels = the {len(classes)} classes present, in sorted order; results are not comparable with "
+                   f"the paper's." if changed else "Labels and class names are the official ones.")
+        warnings.warn(f"{name}: the class folders of {image_dir} differ from the official release: "
+                      + "; ".join(problems) + f". {outcome} {docs_hint(reader)}", DatasetLayoutWarning, stacklevel=2)
+    if not classes:
+        raise DatasetLayoutError(f"{name}: no class folder with images in {image_dir}. {docs_hint(reader)}")
+    return classes
+
+
+def class_records(image_dir: str, classes: Sequence[ClassFolder], classnames: Sequence[str]) -> List[Record]:
+    """Records ``(<folder>/<image>, label, classname)`` of every image of every class folder (label order)."""
+    return [(f"{item.folder}/{image}", label, classnames[label])
+            for label, item in enumerate(classes) for image in list_images(os.path.join(image_dir, item.folder))]
+
+
+def remap_folders(splits: Dict[str, Sequence[Record]], classes: Sequence[ClassFolder]) -> Dict[str, List[Record]]:
+    """The train/val/test records of ``splits`` with each path's first component (an official folder name) replaced
+    by the renamed folder found on disk."""
+    on_disk = {item.key: item.folder for item in classes if item.key != item.folder}
+
+    def remap(impath: str) -> str:
+        head, sep, tail = impath.partition("/")
+        return on_disk.get(head, head) + sep + tail
+
+    return {part: [(remap(impath), label, cname) for impath, label, cname in splits.get(part, [])]
+            for part in SPLIT_NAMES}
 
 
 def load_mat(path: str, reader, what: str = "metadata file") -> dict:
@@ -131,11 +265,22 @@ def same_class(name_a: str, name_b: str) -> bool:
     return name_key(name_a) == name_key(name_b) or word_key(name_a) == word_key(name_b)
 
 
-def load_split_file(path: str, reader, classnames: Sequence[str]) -> Dict[str, list]:
+def split_file_fix(path: str, reader) -> str:
+    """How to get a good copy of a split file: regenerate ours, download CoOp's again."""
+    if os.path.basename(path).startswith("split_microclip_"):
+        return (f"Make it again with `python scripts/prep_splits.py --dataset {reader.dataset_key} "
+                f"--root <DATASET.ROOT> --force`.")
+    return (f"Download {os.path.basename(path)} again (the link is in CoOp's DATASETS.md) and replace {path}; "
+            f"it cannot be regenerated here.")
+
+
+def load_split_file(path: str, reader, classnames: Optional[Sequence[str]] = None) -> Dict[str, list]:
     """Records (and ``"meta"``) of a CoOp-format split file, checked against the reader's label order.
 
     Every label must be in range and its class name in the file must agree (``same_class``) with
     ``classnames[label]``; a disagreement means the file was made with another label order, so it raises.
+    ``classnames=None``: the label order is the one the file records (``label_order``), returned under
+    ``"classnames"``.
     """
     if os.path.basename(path).startswith("split_microclip_") and not os.path.isfile(path):
         raise DatasetLayoutError(
@@ -145,8 +290,11 @@ def load_split_file(path: str, reader, classnames: Sequence[str]) -> Dict[str, l
     require_file(path, reader, "split file")
     try:
         splits = read_split_file(path)
+        if classnames is None:
+            classnames = splits["classnames"] = label_order(splits)
     except SplitFileError as err:
-        raise DatasetLayoutError(f"{reader_name(reader)}: {err}. {docs_hint(reader)}") from err
+        raise DatasetLayoutError(f"{reader_name(reader)}: {err}. {split_file_fix(path, reader)} "
+                                 f"{docs_hint(reader)}") from err
     problems = []
     for part in SPLIT_NAMES:
         for impath, label, cname in splits[part]:
@@ -160,19 +308,19 @@ def load_split_file(path: str, reader, classnames: Sequence[str]) -> Dict[str, l
     if problems:
         raise DatasetLayoutError(
             f"{reader_name(reader)}: split file {path} disagrees with the label order of the metadata:\n  "
-            + "\n  ".join(problems) + f"\nRegenerate the file or fetch the original. {docs_hint(reader)}"
+            + "\n  ".join(problems) + f"\n{split_file_fix(path, reader)} {docs_hint(reader)}"
         )
     return splits
 
 
-def load_generated_split(reader, protocol: str, classnames: Sequence[str]) -> tuple:
-    """``(splits, image_dir, split_file)`` for a reader whose split file (``reader.split_files[protocol]``) records
-    the image folder it was made from in ``meta.image_folder`` (default: ``reader.image_folder``)."""
+def load_generated_split(reader, protocol: str, classnames: Optional[Sequence[str]] = None) -> tuple:
+    """``(splits, image_dir, split_file, classnames)`` for a reader whose split file (``reader.split_files[protocol]``)
+    records the image folder it was made from in ``meta.image_folder`` (default: ``reader.image_folder``).
+    ``classnames=None``: the label order recorded in the split file (a release without a class list)."""
     split_file = os.path.join(reader.dataset_dir, reader.split_files[protocol])
     splits = load_split_file(split_file, reader, classnames)
-    image_folder = splits["meta"].get("image_folder", reader.image_folder)
-    image_dir = require_dir(os.path.join(reader.dataset_dir, image_folder), reader)
-    return splits, image_dir, split_file
+    image_dir = image_folder_dir(reader.dataset_dir, reader, splits["meta"].get("image_folder", ""))
+    return splits, image_dir, split_file, splits.get("classnames", classnames)
 
 
 def to_datums(records: Sequence[Record], image_dir: str, classnames: Sequence[str], reader, source: str) -> list:

@@ -84,13 +84,24 @@ def write_split_file(path: str, splits: Dict[str, Sequence[Record]], meta: dict)
     os.replace(tmp, path)
 
 
+def label_order(splits: Dict[str, Sequence[Record]]) -> List[str]:
+    """Class names in label order from the records of a split (labels 0..n-1 must all occur)."""
+    names: Dict[int, str] = {}
+    for part in SPLIT_NAMES:
+        for _, label, cname in splits.get(part, []):
+            names.setdefault(label, cname)
+    if sorted(names) != list(range(len(names))):
+        raise SplitFileError(f"labels {sorted(set(range(max(names, default=-1) + 1)) - set(names))} have no record")
+    return [names[label] for label in range(len(names))]
+
+
 def read_split_file(path: str) -> Dict[str, list]:
     """{"train"/"val"/"test": [records], "meta": dict} from a CoOp-format split file (missing parts = empty)."""
     try:
         with open(path, encoding="utf-8") as f:
             payload = json.load(f)
     except json.JSONDecodeError as err:
-        raise SplitFileError(f"{path} is not valid JSON ({err}); delete it and regenerate it") from err
+        raise SplitFileError(f"{path} is not valid JSON ({err}): the file is truncated or corrupt") from err
     if not isinstance(payload, dict) or not any(name in payload for name in SPLIT_NAMES):
         raise SplitFileError(f"{path}: expected a JSON object with keys {SPLIT_NAMES}")
     out: Dict[str, List[Record]] = {}

@@ -22,9 +22,9 @@ from ._common import (
     DatasetLayoutError,
     dataset_root,
     docs_hint,
+    image_folder_dir,
     load_generated_split,
     make_splits,
-    require_dir,
     require_file,
     split_protocol,
 )
@@ -57,7 +57,7 @@ class Birdsnap(DatasetBase):
         self.dataset_dir = dataset_root(cfg, self)
         protocol = split_protocol(cfg, self)
         _, classnames = self.read_species(self.dataset_dir)
-        splits, image_dir, split_file = load_generated_split(self, protocol, classnames)
+        splits, image_dir, split_file, _ = load_generated_split(self, protocol, classnames)
         train, val, test = make_splits(cfg, self, splits, image_dir, classnames, split_file)
         super().__init__(train_x=train, val=val, test=test)
 
@@ -79,7 +79,7 @@ class Birdsnap(DatasetBase):
         Prints how many listed images were found, since Flickr downloads are always incomplete.
         """
         folders, classnames = cls.read_species(dataset_dir)
-        image_dir = require_dir(os.path.join(dataset_dir, image_folder or cls.image_folder), cls)
+        image_dir = image_folder_dir(dataset_dir, cls, image_folder)
         images_file = os.path.join(dataset_dir, "images.txt")
         rows = read_tsv(images_file, cls, ("path", "species_id"))
         records = []

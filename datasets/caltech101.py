@@ -3,10 +3,12 @@
 Layout (``DATASET.ROOT/caltech-101/``): ``101_ObjectCategories/<folder>/image_%04d.jpg`` from the official archive
 (+ ``split_zhou_Caltech101.json`` for the coop protocol).
 
-The release has no class-list file; ``CALTECH101_FOLDERS`` lists the category folders in CoOp's label order
-(code-point sorted folder names), which its split file uses. Class names are the folder names with underscores
-replaced and CoOp's four renames (``airplanes`` -> ``airplane``, ``Faces`` -> ``face``, ``Leopards`` -> ``leopard``,
-``Motorbikes`` -> ``motorbike``).
+The release has no class-list file: the classes are the category folders on disk, in CoOp's label order (code-point
+sorted folder names, ImageFolder order), without ``BACKGROUND_Google`` and ``Faces_easy``. ``CALTECH101_FOLDERS``
+is the official list they are compared with: a missing, extra or renamed folder (``car-side``) is reported
+(``scan_class_folders``); the microclip protocol reads the folders present, the coop split file needs all 100.
+Class names are the folder names with underscores replaced and CoOp's four renames (``airplanes`` -> ``airplane``,
+``Faces`` -> ``face``, ``Leopards`` -> ``leopard``, ``Motorbikes`` -> ``motorbike``).
 
 Protocols: ``microclip`` = VTAB-style ``DATASET.CALTECH101.TRAIN_PER_CLASS`` (30) random images per class for
 training (seed ``DATASET.CALTECH101.SPLIT_SEED``), all others for test: 3,000 / 5,242 (the paper's Table 10
@@ -21,11 +23,13 @@ from clipkit.config import CN, cfg_extension
 from clipkit.dassl import DATASET_REGISTRY, DatasetBase
 
 from ._common import (
+    class_records,
     dataset_root,
-    list_images,
     load_split_file,
     make_splits,
+    remap_folders,
     require_dir,
+    scan_class_folders,
     split_protocol,
     underscores_to_spaces,
 )
@@ -45,6 +49,7 @@ CALTECH101_FOLDERS = (
     "water_lilly", "wheelchair", "wild_cat", "windsor_chair", "wrench", "yin_yang",
 )
 CALTECH101_RENAMES = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}
+CALTECH101_IGNORED = ("BACKGROUND_Google", "Faces_easy")  # not benchmark classes (CoOp, VTAB, microCLIP)
 
 
 @cfg_extension
@@ -56,8 +61,9 @@ def _add_caltech101_cfg(cfg):
     cfg.DATASET.CALTECH101.SPLIT_SEED = 0
 
 
-def caltech101_classnames() -> list:
-    return [CALTECH101_RENAMES.get(folder, underscores_to_spaces(folder)) for folder in CALTECH101_FOLDERS]
+def caltech101_classnames(folders=CALTECH101_FOLDERS) -> list:
+    """Prompt-ready class names of official folder names (CoOp's renames, underscores replaced)."""
+    return [CALTECH101_RENAMES.get(folder, underscores_to_spaces(folder)) for folder in folders]
 
 
 @DATASET_REGISTRY.register()
@@ -72,18 +78,18 @@ class Caltech101(DatasetBase):
         self.dataset_dir = dataset_root(cfg, self)
         protocol = split_protocol(cfg, self)
         image_dir = require_dir(os.path.join(self.dataset_dir, "101_ObjectCategories"), self)
-        classnames = caltech101_classnames()
+        classes = scan_class_folders(image_dir, self, CALTECH101_FOLDERS, CALTECH101_IGNORED,
+                                     strict=protocol == "coop")
+        classnames = caltech101_classnames([item.key for item in classes])
 
         if protocol == "microclip":
-            records = []
-            for label, folder in enumerate(CALTECH101_FOLDERS):
-                class_dir = require_dir(os.path.join(image_dir, folder), self, "class folder")
-                records += [(f"{folder}/{name}", label, classnames[label]) for name in list_images(class_dir)]
             node = cfg.DATASET.CALTECH101
-            train, test = sample_per_class(records, node.TRAIN_PER_CLASS, node.SPLIT_SEED)
+            train, test = sample_per_class(class_records(image_dir, classes, classnames), node.TRAIN_PER_CLASS,
+                                           node.SPLIT_SEED)
             splits, source = {"train": train, "val": [], "test": test}, image_dir
         else:
             source = os.path.join(self.dataset_dir, self.split_files["coop"])
             splits = load_split_file(source, self, classnames)
+            splits = remap_folders(splits, classes)
         train, val, test = make_splits(cfg, self, splits, image_dir, classnames, source)
         super().__init__(train_x=train, val=val, test=test)

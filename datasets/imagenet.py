@@ -1,7 +1,9 @@
 """ImageNet-1k (ILSVRC 2012).
 
-Layout (``DATASET.ROOT/imagenet/``), as in CoOp: ``images/train/<wnid>/*.JPEG``, ``images/val/<wnid>/*.JPEG``
-(validation images sorted into wnid folders: ``scripts/prep_imagenet_val.py``) and a class-name file, either
+Layout (``DATASET.ROOT/imagenet/``): ``images/train/<wnid>/*.JPEG`` and ``images/val/<wnid>/*.JPEG`` as in CoOp, or
+the plain ``train/<wnid>/`` and ``val/<wnid>/`` many copies have (each part looked for in ``images/`` first). A val
+folder already sorted into wnid folders is read as is; a flat one (50,000 files) is sorted once with
+``scripts/prep_imagenet_val.py``, which the reader says when it finds one. Plus a class-name file, either
 CoOp's ``classnames.txt`` (``<wnid> <CLIP class name>`` per line: the prompt-ready names) or, as a fallback,
 the Kaggle release's ``LOC_synset_mapping.txt`` (``<wnid> <synonym>, <synonym>, ...``: the first synonym is used).
 Label order = line order of that file (sorted wnids in both).
@@ -23,16 +25,18 @@ from ._common import (
     DOCS_FILE,
     DatasetLayoutError,
     dataset_root,
+    docs_hint,
     first_existing,
     list_images,
     make_splits,
     read_lines,
-    require_dir,
+    shown,
     split_protocol,
 )
 from ._splits import sample_per_class
 
 CLASSNAME_FILES = ("classnames.txt", "LOC_synset_mapping.txt")
+IMAGES_FOLDER = "images"  # CoOp's layout: images/train, images/val; plain train/, val/ also accepted
 
 
 @cfg_extension
@@ -74,19 +78,36 @@ class ImageNet(DatasetBase):
         names_file = first_existing([os.path.join(self.dataset_dir, f) for f in CLASSNAME_FILES], self,
                                     "class-name file")
         wnids, classnames = read_imagenet_classnames(names_file, self)
-        image_dir = os.path.join(self.dataset_dir, "images")
-        splits = {part: self.read_folder(os.path.join(image_dir, folder), folder, wnids, classnames)
-                  for part, folder in (("train", "train"), ("test", "val"))}
+        splits = {part: self.read_folder(folder, wnids, classnames) for part, folder in (("train", "train"),
+                                                                                         ("test", "val"))}
         if protocol == "microclip":
             node = cfg.DATASET.IMAGENET
             splits["train"], _ = sample_per_class(splits["train"], node.TRAIN_PER_CLASS, node.SUBSET_SEED)
         splits["val"] = []
-        train, val, test = make_splits(cfg, self, splits, image_dir, classnames, image_dir)
+        train, val, test = make_splits(cfg, self, splits, self.dataset_dir, classnames, self.dataset_dir)
         super().__init__(train_x=train, val=val, test=test)
 
-    def read_folder(self, folder: str, prefix: str, wnids, classnames) -> list:
-        """Records ``(<prefix>/<wnid>/<file>, label, name)`` of every ``<folder>/<wnid>/`` in label order."""
-        require_dir(folder, self)
-        return [(f"{prefix}/{wnid}/{name}", label, classnames[label])
-                for label, wnid in enumerate(wnids)
-                for name in list_images(require_dir(os.path.join(folder, wnid), self, "class folder"))]
+    def part_folder(self, part: str) -> str:
+        """``images/<part>`` or ``<part>`` (relative to the dataset folder), whichever exists."""
+        for candidate in (os.path.join(IMAGES_FOLDER, part), part):
+            if os.path.isdir(os.path.join(self.dataset_dir, candidate)):
+                return candidate
+        raise DatasetLayoutError(
+            f"ImageNet: no {part} folder: looked for {os.path.join(self.dataset_dir, IMAGES_FOLDER, part)} and "
+            f"{os.path.join(self.dataset_dir, part)}. {docs_hint(self)}")
+
+    def read_folder(self, part: str, wnids, classnames) -> list:
+        """Records ``(<part folder>/<wnid>/<file>, label, name)`` of every ``<part folder>/<wnid>/``, label order."""
+        folder = self.part_folder(part)
+        path = os.path.join(self.dataset_dir, folder)
+        missing = [wnid for wnid in wnids if not os.path.isdir(os.path.join(path, wnid))]
+        if missing:
+            flat = list_images(path)
+            fix = (f"it holds {len(flat)} images directly: sort them into wnid folders with `python "
+                   f"scripts/prep_imagenet_val.py --root <DATASET.ROOT> --val-dir {path} ...`" if flat else
+                   "each class needs a folder named by its wnid")
+            raise DatasetLayoutError(
+                f"ImageNet: {path} lacks {len(missing)} of the {len(wnids)} wnid folders ({shown(missing)}); "
+                f"{fix}. {docs_hint(self)}")
+        return [(f"{folder}/{wnid}/{name}", label, classnames[label])
+                for label, wnid in enumerate(wnids) for name in list_images(os.path.join(path, wnid))]

@@ -3,8 +3,11 @@
 Layout (``DATASET.ROOT/resisc45/``): ``NWPU-RESISC45/<class>/<class>_%03d.jpg`` from the official archive and
 ``split_microclip_RESISC45.json`` made once by ``python scripts/prep_splits.py --dataset resisc45 --root <ROOT>``.
 
-The release has no class-list file; ``RESISC45_CLASSES`` is the 45-class list of Cheng et al. (Proc. IEEE 2017) in
-alphabetical order (also TFDS's label order). Class names: ``baseball_diamond`` -> ``"baseball diamond"``.
+The release has no class-list file: ``prep_splits.py`` takes the classes from the class folders on disk in sorted
+order (ImageFolder's and TFDS's label order) and the reader takes them, in label order, from the split file it
+wrote. ``RESISC45_CLASSES``, the 45 classes of Cheng et al. (Proc. IEEE 2017), is the list the folders are compared
+with: a missing, extra or renamed folder is reported (``scan_class_folders``) and the split is made from the folders
+present. Class names: ``baseball_diamond`` -> ``"baseball diamond"``.
 
 Protocols: ``microclip`` = seeded random 80 / 20 % per class = 25,200 / 6,300 (the paper's sizes; microCLIP's own
 split file is not published); CoOp defines no RESISC45 split.
@@ -12,16 +15,15 @@ split file is not published); CoOp defines no RESISC45 split.
 
 from __future__ import annotations
 
-import os
-
 from clipkit.dassl import DATASET_REGISTRY, DatasetBase
 
 from ._common import (
+    class_records,
     dataset_root,
-    list_images,
+    image_folder_dir,
     load_generated_split,
     make_splits,
-    require_dir,
+    scan_class_folders,
     split_protocol,
     underscores_to_spaces,
 )
@@ -51,17 +53,14 @@ class RESISC45(DatasetBase):
     def __init__(self, cfg):
         self.dataset_dir = dataset_root(cfg, self)
         protocol = split_protocol(cfg, self)
-        classnames = [underscores_to_spaces(folder) for folder in RESISC45_CLASSES]
-        splits, image_dir, split_file = load_generated_split(self, protocol, classnames)
+        splits, image_dir, split_file, classnames = load_generated_split(self, protocol)
         train, val, test = make_splits(cfg, self, splits, image_dir, classnames, split_file)
         super().__init__(train_x=train, val=val, test=test)
 
     @classmethod
     def make_microclip_split(cls, dataset_dir: str, seed: int, image_folder: str = "") -> dict:
-        """Seeded 80/20 split of every class folder: ``{"train"/"test": records}``."""
-        image_dir = os.path.join(dataset_dir, image_folder or cls.image_folder)
-        records = []
-        for label, folder in enumerate(RESISC45_CLASSES):
-            class_dir = require_dir(os.path.join(image_dir, folder), cls, "class folder")
-            records += [(f"{folder}/{name}", label, underscores_to_spaces(folder)) for name in list_images(class_dir)]
-        return split_per_class(records, SPLIT_FRACTIONS, seed)
+        """Seeded 80/20 split of every class folder present: ``{"train"/"test": records}``."""
+        image_dir = image_folder_dir(dataset_dir, cls, image_folder)
+        classes = scan_class_folders(image_dir, cls, RESISC45_CLASSES)
+        classnames = [underscores_to_spaces(item.key) for item in classes]
+        return split_per_class(class_records(image_dir, classes, classnames), SPLIT_FRACTIONS, seed)

@@ -19,6 +19,7 @@ from clipkit.dassl import DATASET_REGISTRY, DatasetBase
 from ._common import (
     dataset_root,
     first_existing,
+    image_folder_dir,
     list_images,
     load_generated_split,
     make_splits,
@@ -52,7 +53,7 @@ class SUN397(DatasetBase):
         self.dataset_dir = dataset_root(cfg, self)
         protocol = split_protocol(cfg, self)
         _, classnames = self.read_classes(self.dataset_dir)
-        splits, image_dir, split_file = load_generated_split(self, protocol, classnames)
+        splits, image_dir, split_file, _ = load_generated_split(self, protocol, classnames)
         if protocol == "microclip":
             splits["val"] = []
         train, val, test = make_splits(cfg, self, splits, image_dir, classnames, split_file)
@@ -70,7 +71,7 @@ class SUN397(DatasetBase):
     def make_microclip_split(cls, dataset_dir: str, seed: int, image_folder: str = "") -> dict:
         """Seeded 70/10/20 split of every image of every class: ``{"train"/"val"/"test": records}``."""
         entries, classnames = cls.read_classes(dataset_dir)
-        image_dir = os.path.join(dataset_dir, image_folder or cls.image_folder)
+        image_dir = image_folder_dir(dataset_dir, cls, image_folder)
         records = []
         for label, entry in enumerate(entries):
             folder = entry.strip("/")

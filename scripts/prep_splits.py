@@ -4,6 +4,8 @@
 These datasets have no official split that microCLIP used (SUN397: VISSL's random 70/10/20; RESISC45 and Birdsnap:
 80/20 of unknown origin), so we generate one with a fixed seed. File names are sorted within each class before the
 seeded draw, so the same files always give the same split. Offline: works on already-downloaded images.
+RESISC45's classes are its class folders (sorted); missing, extra or renamed folders are reported and the split is
+made from the folders present.
 
     python scripts/prep_splits.py --dataset sun397 --root /data
     python scripts/prep_splits.py --dataset birdsnap --root /data --image-folder download/images
@@ -16,11 +18,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+from datasets._common import DatasetLayoutError, DatasetLayoutWarning, misplaced_hint  # noqa: E402
 from datasets._splits import write_split_file  # noqa: E402
 from datasets.birdsnap import Birdsnap  # noqa: E402
 from datasets.resisc45 import RESISC45  # noqa: E402
@@ -35,11 +39,19 @@ def generate(dataset_key: str, root: str, seed: int = DEFAULT_SEED, image_folder
     reader = READERS[dataset_key]
     dataset_dir = os.path.join(os.path.abspath(os.path.expanduser(root)), reader.dataset_folder)
     if not os.path.isdir(dataset_dir):
-        raise SystemExit(f"error: {dataset_dir} does not exist; see DATASETS.md#{reader.docs_section}")
+        raise SystemExit(f"error: {dataset_dir} does not exist.{misplaced_hint(dataset_dir, reader)} "
+                         f"See DATASETS.md#{reader.docs_section}")
     path = os.path.join(dataset_dir, reader.split_files["microclip"])
     if os.path.exists(path) and not force:
         raise SystemExit(f"error: {path} exists; pass --force to regenerate it (results would no longer be comparable)")
-    splits = reader.make_microclip_split(dataset_dir, seed, image_folder)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DatasetLayoutWarning)
+            splits = reader.make_microclip_split(dataset_dir, seed, image_folder)
+    except DatasetLayoutError as err:
+        raise SystemExit(f"error: {err}") from err
+    for warning in caught:  # missing / extra / renamed class folders: the split is made from what is there
+        print(f"warning: {warning.message}", file=sys.stderr)
     meta = {"generator": "scripts/prep_splits.py", "dataset": dataset_key, "seed": seed,
             "image_folder": image_folder or reader.image_folder}
     write_split_file(path, splits, meta)

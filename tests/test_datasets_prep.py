@@ -135,11 +135,82 @@ def test_prep_ucf101_extracts_the_middle_frame(tmp_path):
     assert np.abs(frame.reshape(-1, 3).mean(0) - np.array(colors[len(colors) // 2])).max() < 10
 
 
-def test_prep_ucf101_undecodable_video_names_the_file_and_the_fix(tmp_path):
-    bad = tmp_path / "v_Broken_g01_c01.avi"
-    bad.write_bytes(b"not a video")
-    with pytest.raises(RuntimeError, match=r"(?s)v_Broken_g01_c01\.avi.*PyAV"):
-        load_script("prep_ucf101_midframes").middle_frame(str(bad))
+def write_avi_video(path, colors, size=32):
+    """An MPEG-4 .avi (UCF101's container) with one solid-colour frame per colour, written with PyAV."""
+    import av
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for color in colors:
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), color, dtype=np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_prep_ucf101_decodes_avi_and_lists_unreadable_videos(tmp_path, capsys):
+    """The installed decoder (PyAV, requirements.txt) reads .avi; broken videos are skipped, counted and listed."""
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 255, 255)]
+    videos = tmp_path / "ucf101" / "UCF-101" / "ApplyEyeMakeup"
+    write_avi_video(videos / "v_ApplyEyeMakeup_g01_c01.avi", colors)
+    (videos / "v_ApplyEyeMakeup_g02_c01.avi").write_bytes(b"not a video")
+    (videos / "v_ApplyEyeMakeup_g03_c01.avi").write_bytes((videos / "v_ApplyEyeMakeup_g01_c01.avi").read_bytes()[:200])
+    prep = load_script("prep_ucf101_midframes")
+    assert prep.main(["--root", str(tmp_path)]) == 1
+    frames = tmp_path / "ucf101" / "UCF-101-midframes" / "Apply_Eye_Makeup"
+    frame = np.asarray(Image.open(frames / "v_ApplyEyeMakeup_g01_c01.jpg"))
+    assert np.abs(frame.reshape(-1, 3).mean(0) - np.array(colors[len(colors) // 2])).max() < 10
+    assert sorted(os.listdir(frames)) == ["v_ApplyEyeMakeup_g01_c01.jpg"]
+    failed_list = tmp_path / "ucf101" / "unreadable_videos.txt"
+    listed = [line.split("\t")[0] for line in failed_list.read_text().splitlines()]
+    assert listed == [str(videos / "v_ApplyEyeMakeup_g02_c01.avi"), str(videos / "v_ApplyEyeMakeup_g03_c01.avi")]
+    err = capsys.readouterr().err
+    assert f"2 of 3 videos could not be decoded and were skipped; their paths are in {failed_list}" in err
+    assert "install" not in err.lower()
+    with pytest.raises(RuntimeError, match=r"cannot decode .*v_ApplyEyeMakeup_g02_c01\.avi"):
+        prep.middle_frame(str(videos / "v_ApplyEyeMakeup_g02_c01.avi"))
+    for broken in ("g02", "g03"):  # fixed copies: the rerun decodes them and removes the stale list
+        write_avi_video(videos / f"v_ApplyEyeMakeup_{broken}_c01.avi", colors)
+    assert prep.main(["--root", str(tmp_path)]) == 0
+    assert len(os.listdir(frames)) == 3 and not failed_list.exists()
+
+
+def test_prep_cifar100_names_a_truncated_pickle(tmp_path):
+    archive = tmp_path / "cifar100" / "cifar-100-python"
+    os.makedirs(archive)
+    pickle.dump({"fine_label_names": ["apple"]}, open(archive / "meta", "wb"))
+    data = pickle.dumps({"data": np.zeros((4, 3072), dtype=np.uint8), "fine_labels": [0] * 4})
+    (archive / "train").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SystemExit, match=r"cannot read .*train .*truncated or not a CIFAR-100 python pickle: "
+                                         r"download cifar-100-python\.tar\.gz again"):
+        load_script("prep_cifar100").main(["--root", str(tmp_path)])
+    pickle.dump({"labels": [0]}, open(archive / "meta", "wb"))  # a CIFAR-10 batch, not CIFAR-100's meta
+    with pytest.raises(SystemExit, match=r"has no \['fine_label_names'\] entry"):
+        load_script("prep_cifar100").main(["--root", str(tmp_path)])
+
+
+def test_prep_splits_resisc45_misplaced_folders(tmp_path, capsys):
+    prep = load_script("prep_splits")
+    for folder in ("airplane", "sea_ice"):
+        for i in range(5):
+            image(f"{tmp_path}/NWPU-RESISC45/{folder}/{folder}_{i:03d}.jpg")
+    with pytest.raises(SystemExit, match=rf"resisc45 does not exist\. Found {tmp_path}/NWPU-RESISC45 directly under"):
+        prep.generate("resisc45", str(tmp_path))
+    os.rename(tmp_path / "NWPU-RESISC45", tmp_path / "resisc45")  # class folders straight in resisc45/
+    with pytest.raises(SystemExit, match=r"holds image folders directly \(airplane, sea_ice\).*--image-folder \."):
+        prep.generate("resisc45", str(tmp_path))
+    prep.main(["--dataset", "resisc45", "--root", str(tmp_path), "--image-folder", "."])
+    err = capsys.readouterr().err  # made anyway, from the 2 classes present
+    assert "warning: RESISC45: the class folders of" in err and "missing 43 of the 45 official class folders" in err
+    from datasets.resisc45 import RESISC45
+
+    dataset = RESISC45(make_cfg(tmp_path))
+    assert dataset.classnames == ["airplane", "sea ice"]
+    assert (len(dataset.train_x), len(dataset.test)) == (8, 2)
 
 
 def build_flat_val(tmp_path, count=4):

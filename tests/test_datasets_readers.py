@@ -189,7 +189,7 @@ def build_caltech101(root):
             labels[image(f"{d}/{folder}/image_{i + 1:04d}.jpg")] = label
     for ignored in ("BACKGROUND_Google", "Faces_easy"):
         image(f"{d}/{ignored}/image_0001.jpg")
-    return Tree(Caltech101, caltech101_classnames(), (200, 0, 100), labels, "101_ObjectCategories/yin_yang",
+    return Tree(Caltech101, caltech101_classnames(), (200, 0, 100), labels, "101_ObjectCategories",
                 cfg={"DATASET.CALTECH101.TRAIN_PER_CLASS": 2})
 
 
@@ -556,3 +556,170 @@ def test_unreadable_image_is_named_by_the_loader(tmp_path):
     item = next(d for d in dataset.train_x if d.impath == str(victim))
     with pytest.raises(OSError, match="Abyssinian_1.jpg"):
         read_image(item.impath)
+
+
+# ------------------------------------------------------- class folders from disk: Caltech101, DTD, RESISC45
+
+# key -> (image folder under the dataset folder, official folder list, folder -> class name, a folder to rename and
+# the mirror's spelling of it)
+FOLDER_LAYOUTS = {
+    "caltech101": ("101_ObjectCategories", CALTECH101_FOLDERS, lambda f: caltech101_classnames([f])[0],
+                   ("car_side", "Car-Side")),
+    "dtd": ("images", DTD_CLASSES, lambda f: f, ("polka-dotted", "polka_dotted")),
+    "resisc45": ("NWPU-RESISC45", RESISC45_CLASSES, lambda f: f.replace("_", " "), ("sea_ice", "Sea Ice")),
+}
+
+
+def changed_tree(tmp_path, key, drop=(), extra="", rename=None):
+    """The key's tree with class folders removed, one added and/or one renamed (RESISC45's split made afterwards)."""
+    import shutil
+
+    tree = BUILDERS[key](tmp_path)
+    dataset_dir = tmp_path / tree.reader.dataset_folder
+    image_dir = dataset_dir / FOLDER_LAYOUTS[key][0]
+    for folder in drop:
+        shutil.rmtree(image_dir / folder)
+    for i in range(3 if extra else 0):
+        image(f"{image_dir}/{extra}/{extra}_{i}.jpg")
+    if rename:
+        os.rename(image_dir / rename[0], image_dir / rename[1])
+    if key == "resisc45":
+        write_split_file(str(dataset_dir / "split_microclip_RESISC45.json"),
+                         RESISC45.make_microclip_split(str(dataset_dir), seed=0), {})
+    return tree
+
+
+def read_warned(tree, tmp_path, match, protocol="microclip"):
+    from datasets._common import DatasetLayoutWarning
+
+    with pytest.warns(DatasetLayoutWarning, match=match):
+        return tree.reader(make_cfg(tmp_path, protocol, **tree.cfg))
+
+
+def assert_labels_follow_folders(dataset, folder_to_name):
+    for item in dataset.train_x + dataset.test:
+        assert item.classname == dataset.classnames[item.label]
+        assert folder_to_name(os.path.basename(os.path.dirname(item.impath))) == item.classname, item.impath
+
+
+@pytest.mark.parametrize("key", sorted(FOLDER_LAYOUTS))
+def test_fewer_class_folders_are_read_with_a_warning(key, tmp_path):
+    _, official, name, _ = FOLDER_LAYOUTS[key]
+    drop = (official[1], official[-1])
+    if key == "resisc45":
+        with pytest.warns(UserWarning, match=rf"missing 2 of the {len(official)} official class folders"):
+            tree = changed_tree(tmp_path, key, drop=drop)
+        dataset = tree.reader(make_cfg(tmp_path, **tree.cfg))  # the split file carries the label order
+    else:
+        tree = changed_tree(tmp_path, key, drop=drop)
+        dataset = read_warned(tree, tmp_path, rf"(?s)missing 2 of the {len(official)} official class folders "
+                                              rf"\({drop[0]}, {drop[1]}\).*{len(official) - 2} classes present")
+    assert dataset.classnames == [name(f) for f in official if f not in drop]
+    assert_labels_follow_folders(dataset, name)
+    assert len({item.label for item in dataset.test}) == len(official) - 2
+
+
+@pytest.mark.parametrize("key", sorted(FOLDER_LAYOUTS))
+def test_extra_class_folder(key, tmp_path):
+    """Caltech101 / RESISC45 draw their split from the folders, so an extra one is a class (sorted in); DTD's
+    official lists cannot place its images, so it is left out."""
+    _, official, name, _ = FOLDER_LAYOUTS[key]
+    extra = "my_extra_class"
+    if key == "resisc45":
+        with pytest.warns(UserWarning, match=r"1 folders not in the official list \(my_extra_class\) used as classes"):
+            tree = changed_tree(tmp_path, key, extra=extra)
+        dataset = tree.reader(make_cfg(tmp_path, **tree.cfg))
+    else:
+        tree = changed_tree(tmp_path, key, extra=extra)
+        usage = "ignored" if key == "dtd" else "used as classes"
+        dataset = read_warned(tree, tmp_path, rf"1 folders not in the official list \(my_extra_class\) {usage}")
+    expected = list(official) if key == "dtd" else sorted(list(official) + [extra])
+    assert dataset.classnames == [name(f) for f in expected]
+    assert_labels_follow_folders(dataset, name)
+
+
+@pytest.mark.parametrize("key", sorted(FOLDER_LAYOUTS))
+def test_renamed_class_folder_keeps_its_official_name_and_label(key, tmp_path):
+    _, official, name, (folder, renamed) = FOLDER_LAYOUTS[key]
+    if key == "resisc45":
+        with pytest.warns(UserWarning, match=rf"renamed folders matched to their official names \({renamed} -> "):
+            tree = changed_tree(tmp_path, key, rename=(folder, renamed))
+        dataset = tree.reader(make_cfg(tmp_path, **tree.cfg))
+    else:
+        tree = changed_tree(tmp_path, key, rename=(folder, renamed))
+        dataset = read_warned(tree, tmp_path, rf"renamed folders matched to their official names \({renamed} -> "
+                                              r".*Labels and class names are the official ones")
+    assert dataset.classnames == tree.classnames
+    moved = [item for item in dataset.train_x + dataset.test if f"/{renamed}/" in item.impath]
+    assert moved and all(item.label == list(official).index(folder) for item in moved)
+    assert_labels_follow_folders(dataset, lambda f: name(folder if f == renamed else f))
+
+
+@pytest.mark.parametrize("key", ["caltech101", "dtd"])
+def test_coop_split_needs_the_official_folders_but_accepts_renamed_ones(key, tmp_path):
+    image_folder, official, _, (folder, renamed) = FOLDER_LAYOUTS[key]
+    tree = BUILDERS[key](tmp_path)
+    dataset_dir = tmp_path / tree.reader.dataset_folder
+    reference = tree.reader(make_cfg(tmp_path, **tree.cfg))
+    records = [(os.path.relpath(d.impath, dataset_dir / image_folder), d.label, d.classname)
+               for d in reference.train_x + reference.test]
+    write_split_file(str(dataset_dir / tree.reader.split_files["coop"]),
+                     {"train": records[0::2], "test": records[1::2]}, {})
+    os.rename(dataset_dir / image_folder / folder, dataset_dir / image_folder / renamed)
+    dataset = read_warned(tree, tmp_path, "renamed", protocol="coop")
+    assert len(dataset.train_x) + len(dataset.test) == len(records)
+    assert any(f"/{renamed}/" in item.impath for item in dataset.train_x + dataset.test)
+    import shutil
+
+    shutil.rmtree(dataset_dir / image_folder / official[0])
+    with pytest.raises(DatasetLayoutError, match=rf"(?s)missing 1 of the {len(official)} .*made for the official "
+                                                 r"class set.*SPLIT_PROTOCOL microclip"):
+        tree.reader(make_cfg(tmp_path, "coop", **tree.cfg))
+
+
+# ------------------------------------------------------------------------------ messages for misplaced data
+
+
+def test_nwpu_folder_at_the_root_says_where_it_belongs(tmp_path):
+    build_resisc45(tmp_path)
+    os.rename(tmp_path / "resisc45" / "NWPU-RESISC45", tmp_path / "NWPU-RESISC45")
+    found = rf"Found {tmp_path}/NWPU-RESISC45 directly under DATASET.ROOT; it belongs in {tmp_path}/resisc45/NWPU"
+    with pytest.raises(DatasetLayoutError, match=found):
+        RESISC45(make_cfg(tmp_path))
+    import shutil
+
+    shutil.rmtree(tmp_path / "resisc45")
+    with pytest.raises(DatasetLayoutError, match=rf"dataset folder not found: {tmp_path}/resisc45\. {found}"):
+        RESISC45(make_cfg(tmp_path))
+
+
+@pytest.mark.parametrize("name,fix", [("split_zhou_OxfordPets.json", r"Download split_zhou_OxfordPets\.json again"),
+                                      ("split_microclip_SUN397.json", r"prep_splits\.py --dataset sun397 .*--force")])
+def test_truncated_split_file_says_how_to_get_a_good_copy(name, fix, tmp_path):
+    key = "oxford_pets" if "Pets" in name else "sun397"
+    tree = BUILDERS[key](tmp_path)
+    path = tmp_path / tree.reader.dataset_folder / name
+    if not path.exists():
+        write_split_file(str(path), {"train": [("Abyssinian_1.jpg", 0, "abyssinian")]}, {})
+    path.write_text(path.read_text()[:40])
+    protocol = "coop" if key == "oxford_pets" else "microclip"
+    with pytest.raises(DatasetLayoutError, match=rf"(?s)not valid JSON.*truncated or corrupt.*{fix}") as info:
+        tree.reader(make_cfg(tmp_path, protocol))
+    assert ("prep_splits" in str(info.value)) == (key == "sun397")
+
+
+def test_imagenet_plain_train_val_layout_and_flat_val(tmp_path):
+    tree = build_imagenet(tmp_path)
+    d = tmp_path / "imagenet"
+    for part in ("train", "val"):
+        os.rename(d / "images" / part, d / part)
+    dataset = ImageNet(make_cfg(tmp_path, **tree.cfg))
+    assert (len(dataset.train_x), len(dataset.test)) == (6, 6)
+    assert all(item.impath.startswith(str(d / "val")) for item in dataset.test)
+    for wnid in os.listdir(d / "val"):  # flatten val as the raw ILSVRC2012_img_val.tar extracts
+        for name in os.listdir(d / "val" / wnid):
+            os.rename(d / "val" / wnid / name, d / "val" / name)
+        os.rmdir(d / "val" / wnid)
+    with pytest.raises(DatasetLayoutError, match=r"lacks 3 of the 3 wnid folders.*holds 6 images directly.*"
+                                                 r"prep_imagenet_val\.py"):
+        ImageNet(make_cfg(tmp_path, **tree.cfg))
