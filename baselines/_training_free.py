@@ -58,6 +58,35 @@ def cached_split_features(cfg, clip_model, dataset_key: str, split: str, data_so
     return F.normalize(stored["features"].to(device), dim=-1)
 
 
+def cached_crop_features(cfg, clip_model, dataset_key: str, split: str, data_source: Sequence, num_crops: int,
+                         side_range: Sequence[float], crop_seed: int, device) -> torch.Tensor:
+    """(N, num_crops, D) unit CLIP features of ``num_crops`` random square crops per image (side ~ U(side_range) x
+    short side, resized to INPUT.SIZE, crops seeded by (crop_seed, image index)), cached like
+    ``cached_split_features``. Shared by WCA (test split) and microCLIP's fast-prior pool (train split)."""
+    height, width = cfg.INPUT.SIZE
+    if height != width:
+        raise ValueError(f"square crops need a square INPUT.SIZE, got {tuple(cfg.INPUT.SIZE)}")
+    mean, std = list(cfg.INPUT.PIXEL_MEAN), list(cfg.INPUT.PIXEL_STD)
+    transform = (
+        f"square_crop(side=U{tuple(float(v) for v in side_range)}*short_side) -> resize({height}, bicubic, "
+        f"antialias) -> normalize(mean={mean}, std={std})"
+    )
+    key = split_cache_key(cfg, clip_model, dataset_key, split, data_source, transform, num_crops=num_crops,
+                          crop_seed=crop_seed)
+    crops = feature_cache.SquareCropDataset(
+        [item.impath for item in data_source], num_crops, side_range, height, crop_seed
+    )
+    stored = feature_cache.load_or_compute(
+        key,
+        lambda: feature_cache.encode_square_crops(
+            clip_model, crops, mean, std, device, batch_size=cfg.DATALOADER.TEST.BATCH_SIZE,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+        ),
+        enabled=bool(cfg.TEST.FEATURE_CACHE),
+    )
+    return F.normalize(stored["crop_features"].to(device), dim=-1)
+
+
 class TrainingFreeTrainer(CLIPTrainer):
     """Base class of the training-free baselines; ``cfg_node`` names the method's node under ``cfg.TRAINER``."""
 
@@ -122,32 +151,8 @@ class TrainingFreeTrainer(CLIPTrainer):
         self, split: str, data_source: Sequence, num_crops: int, side_range: Sequence[float], crop_seed: int
     ) -> torch.Tensor:
         """(N, num_crops, D) unit CLIP features of random square crops (cached per crop seed), on the device."""
-        height, width = self.cfg.INPUT.SIZE
-        if height != width:
-            raise ValueError(f"square crops need a square INPUT.SIZE, got {tuple(self.cfg.INPUT.SIZE)}")
-        mean, std = list(self.cfg.INPUT.PIXEL_MEAN), list(self.cfg.INPUT.PIXEL_STD)
-        transform = (
-            f"square_crop(side=U{tuple(float(v) for v in side_range)}*short_side) -> resize({height}, bicubic, "
-            f"antialias) -> normalize(mean={mean}, std={std})"
-        )
-        key = self._key(split, data_source, transform, num_crops=num_crops, crop_seed=crop_seed)
-        crops = feature_cache.SquareCropDataset(
-            [item.impath for item in data_source], num_crops, side_range, height, crop_seed
-        )
-        stored = feature_cache.load_or_compute(
-            key,
-            lambda: feature_cache.encode_square_crops(
-                self.clip_model,
-                crops,
-                mean,
-                std,
-                self.device,
-                batch_size=self.cfg.DATALOADER.TEST.BATCH_SIZE,
-                num_workers=self.cfg.DATALOADER.NUM_WORKERS,
-            ),
-            enabled=self._cache_enabled(),
-        )
-        return F.normalize(stored["crop_features"].to(self.device), dim=-1)
+        return cached_crop_features(self.cfg, self.clip_model, self.dataset_key, split, data_source, num_crops,
+                                    side_range, crop_seed, self.device)
 
     # ------------------------------------------------------------------------------------------------ evaluation
     def split_logits(self, split: str, data_source: Sequence, loader) -> List[torch.Tensor]:

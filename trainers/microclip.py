@@ -112,6 +112,13 @@ def _add_microclip_cfg(cfg):
     # Encoder of the prior term (crops and their weighting anchor): "tuned" (official: the encoder being trained,
     # whose LayerNorms change) or "frozen" (a frozen copy of the pretrained tower: the paper's static CLIP prior).
     node.PL.PRIOR_ENCODER = "tuned"
+    # Fast-prior mode (needs PRIOR_ENCODER "frozen"; not the official default): the frozen encoder's features of a
+    # fixed pool of PRIOR_CACHE_POOL random square crops per train image (crop seed PRIOR_CACHE_SEED, sides as
+    # CROP_SIDE_RANGE) and of each image's test view (the crop-weighting anchor) are computed once and kept in the
+    # feature cache; every step draws N_CROPS of the pool per image, so a step encodes only the weak and strong views.
+    node.PL.PRIOR_CACHE = False
+    node.PL.PRIOR_CACHE_POOL = 32
+    node.PL.PRIOR_CACHE_SEED = 0
     # TokenFusion inside the pseudo-labeler: "feature" (official: normalize(w g + (1-w) l) . W*) or "logit" (paper
     # Eqs. 8/13: w s(g, W*) + (1-w) s(l, W*)).
     node.PL.FUSION = "feature"
@@ -247,16 +254,30 @@ class ComputePlan(NamedTuple):
     token_fusion_in_pl: bool  # TokenFusion term of Eq. 13 (GAMMA < 1)
     fg_in_pl: bool  # [FG] of the weak view is needed by that term
     uses_crops: bool  # multi-view prior (GAMMA > 0 and PL.PRIOR_VIEWS == "multi")
+    crops_from_cache: bool  # its crop and anchor features come from the fast-prior pool (PL.PRIOR_CACHE)
 
     @classmethod
     def from_cfg(cls, node) -> "ComputePlan":
         token_fusion_in_pl = node.GAMMA < 1.0
+        uses_crops = node.GAMMA > 0.0 and node.PL.PRIOR_VIEWS == "multi"
         return cls(
             fg_in_loss=node.FUSION_CLS_WEIGHT < 1.0,
             token_fusion_in_pl=token_fusion_in_pl,
             fg_in_pl=token_fusion_in_pl and node.PL.FUSION_CLS_WEIGHT < 1.0,
-            uses_crops=node.GAMMA > 0.0 and node.PL.PRIOR_VIEWS == "multi",
+            uses_crops=uses_crops,
+            crops_from_cache=uses_crops and bool(node.PL.PRIOR_CACHE),
         )
+
+    @property
+    def crops_from_loader(self) -> bool:
+        return self.uses_crops and not self.crops_from_cache
+
+
+class CachedPrior(NamedTuple):
+    """Frozen-encoder features from the fast-prior pool (PL.PRIOR_CACHE), on the device."""
+
+    anchor: torch.Tensor  # (B, D) unit features of each image's test view (the crop-weighting anchor)
+    crops: torch.Tensor  # (B, N, D) unit features of N crops drawn from the image's pool
 
 
 class StepOutput(NamedTuple):
@@ -270,23 +291,31 @@ class StepOutput(NamedTuple):
 
 
 @torch.no_grad()
-def pseudo_label(model: MicroCLIPNet, node, plan: ComputePlan, weak: torch.Tensor, crops: Optional[torch.Tensor]):
+def pseudo_label(model: MicroCLIPNet, node, plan: ComputePlan, weak: torch.Tensor, crops: Optional[torch.Tensor],
+                 cached_prior: Optional[CachedPrior] = None):
     """Eq. 13 on the weak view (no gradient): (labels (B,), confidences (B,), weak-view TokenFeatures).
 
     Prior term: ``s(f_agg, W)`` with f_agg the softmax-weighted crops (Eqs. 9-12) or the weak [CLS] (single view);
-    TokenFusion term: ``TF(weak, W*)`` on raw cosines (feature fusion officially).
+    TokenFusion term: ``TF(weak, W*)`` on raw cosines (feature fusion officially). With ``cached_prior`` (fast-prior
+    mode) the crop and anchor features come from the frozen encoder's cached pool instead of an encoder pass.
     """
     weak_features = model.encode(weak, with_fg=plan.fg_in_pl)
     prior = token_fusion = None
     if node.GAMMA > 0.0:
         classifier = model.w_llm if node.PL.PRIOR_CLASSIFIER == "fixed" else model.w_star
         frozen = model.prior_visual is not None
-        anchor = model.encode_cls(weak, model.prior_visual) if frozen else weak_features.cls
+        if cached_prior is not None:
+            anchor = cached_prior.anchor
+        else:
+            anchor = model.encode_cls(weak, model.prior_visual) if frozen else weak_features.cls
         if plan.uses_crops:
-            if crops is None:
+            if cached_prior is not None:
+                crop_features = cached_prior.crops
+            elif crops is None:
                 raise ValueError("the multi-view prior needs the crops (batch key img3)")
-            view_features, _ = aggregate_views(model.encode_cls(crops, model.prior_encoder), anchor,
-                                               node.CROP_TEMPERATURE)
+            else:
+                crop_features = model.encode_cls(crops, model.prior_encoder)
+            view_features, _ = aggregate_views(crop_features, anchor, node.CROP_TEMPERATURE)
         else:
             view_features = anchor
         prior = model.scores(view_features, classifier)  # Eq. 12, raw cosines
@@ -299,10 +328,11 @@ def pseudo_label(model: MicroCLIPNet, node, plan: ComputePlan, weak: torch.Tenso
 
 
 def training_step_loss(model: MicroCLIPNet, node, plan: ComputePlan, weak, strong, crops,
-                       previous_marginal: Optional[torch.Tensor]) -> StepOutput:
+                       previous_marginal: Optional[torch.Tensor],
+                       cached_prior: Optional[CachedPrior] = None) -> StepOutput:
     """One self-training step up to the loss (Alg. 1 lines 33-41): pseudo-labels on the weak view / crops, then
     CE + fairness on the strong view's TokenFusion logits. Images are uint8 on the model's device."""
-    labels, confidences, weak_features = pseudo_label(model, node, plan, weak, crops)
+    labels, confidences, weak_features = pseudo_label(model, node, plan, weak, crops, cached_prior)
     logits = model.token_fusion_logits(model.encode(strong, with_fg=plan.fg_in_loss)).float()
     loss, loss_st, loss_reg, marginal = microclip_loss(
         logits, labels, previous_marginal, node.FAIRNESS_MOMENTUM, node.FAIRNESS_SCALE, node.CE_WEIGHT,
@@ -342,6 +372,14 @@ class MicroCLIP(CLIPTrainer):
             )
         if node.N_CROPS < 1:
             raise ValueError(f"TRAINER.MICROCLIP.N_CROPS must be >= 1, got {node.N_CROPS}")
+        if node.PL.PRIOR_CACHE:
+            if node.PL.PRIOR_ENCODER != "frozen":
+                raise ValueError("TRAINER.MICROCLIP.PL.PRIOR_CACHE needs the frozen prior encoder: set "
+                                 "TRAINER.MICROCLIP.PL.PRIOR_ENCODER frozen (the tuned encoder's crop features change "
+                                 "every step and cannot be cached)")
+            if node.PL.PRIOR_CACHE_POOL < node.N_CROPS:
+                raise ValueError(f"TRAINER.MICROCLIP.PL.PRIOR_CACHE_POOL ({node.PL.PRIOR_CACHE_POOL}) must be >= "
+                                 f"N_CROPS ({node.N_CROPS}): each step draws N_CROPS distinct crops of the pool")
         low, high = node.CROP_SIDE_RANGE
         if not 0.0 < low <= high <= 1.0:
             raise ValueError(f"TRAINER.MICROCLIP.CROP_SIDE_RANGE must satisfy 0 < a <= b <= 1, got {(low, high)}")
@@ -365,7 +403,7 @@ class MicroCLIP(CLIPTrainer):
             view_transform(size, cfg.INPUT.INTERPOLATION, node.WEAK_CROP),
             strong_transform(size, node.STRONG_RRC_SCALE, node.STRONG_HFLIP, node.STRONG_RANDAUGMENT),
         ]
-        if self.plan.uses_crops:
+        if self.plan.crops_from_loader:
             train_tfms.append(MultiCropTransform(node.N_CROPS, node.CROP_SIDE_RANGE, max(size)))
         test_tfm = view_transform(size, cfg.INPUT.INTERPOLATION, node.TEST_CROP)
         self.build_data_loader_with(custom_tfm_train=train_tfms, custom_tfm_test=test_tfm)
@@ -396,6 +434,8 @@ class MicroCLIP(CLIPTrainer):
         cfg, node = self.cfg, self.node
         clip_model = self.load_clip()
         w_llm, w_star = self.build_classifiers(clip_model)
+        if self.plan.crops_from_cache:
+            self.build_prior_pool(clip_model)
         visual = clip_model.visual
         del clip_model  # the text tower is not needed after this point (Sec. 3.2)
         self.model = MicroCLIPNet(visual, w_llm, w_star, node, cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD)
@@ -415,18 +455,51 @@ class MicroCLIP(CLIPTrainer):
     def autocast(self):
         return autocast_context(self.device, self.node.PREC)
 
+    @torch.no_grad()
+    def build_prior_pool(self, clip_model) -> None:
+        """Fast-prior mode: the pretrained (frozen) encoder's unit features of PRIOR_CACHE_POOL random square crops per
+        train image and of each image's test view, from the feature cache; kept on the CPU, gathered per batch."""
+        from baselines._training_free import cached_crop_features, cached_split_features
+        from clipkit.dassl import build_data_loader, build_transform
+
+        cfg, node = self.cfg, self.node
+        train = list(self.dm.dataset.train_x)
+        self.prior_pool_crops = cached_crop_features(
+            cfg, clip_model, self.dataset_key, "train", train, node.PL.PRIOR_CACHE_POOL, node.CROP_SIDE_RANGE,
+            node.PL.PRIOR_CACHE_SEED, self.device).cpu()  # (N, K, D)
+        test_view_cfg = cfg.clone()
+        test_view_cfg.defrost()
+        test_view_cfg.INPUT.TRANSFORMS = ["normalize"]  # CLIP's test preprocessing for the cached anchor
+        loader = build_data_loader(cfg, sampler_type="SequentialSampler", data_source=train,
+                                   batch_size=cfg.DATALOADER.TEST.BATCH_SIZE,
+                                   tfm=build_transform(test_view_cfg, is_train=False), is_train=False)
+        self.prior_pool_anchor = cached_split_features(cfg, clip_model, self.dataset_key, "train", train, loader,
+                                                       self.device).cpu()  # (N, D)
+        print(f"microCLIP fast-prior pool: {node.PL.PRIOR_CACHE_POOL} crops per image for {len(train)} train images "
+              f"(crop seed {node.PL.PRIOR_CACHE_SEED}); {node.N_CROPS} drawn per image and step")
+
+    def draw_cached_prior(self, indices: torch.Tensor) -> CachedPrior:
+        """N_CROPS distinct pool crops per image (torch's global generator: seeded, checkpointed with the run)."""
+        indices = indices.long().cpu()
+        pool = self.prior_pool_crops[indices]  # (B, K, D)
+        choice = torch.rand(pool.shape[0], pool.shape[1]).argsort(dim=1)[:, : self.node.N_CROPS]
+        crops = pool.gather(1, choice.unsqueeze(-1).expand(-1, -1, pool.shape[-1]))
+        return CachedPrior(self.prior_pool_anchor[indices].to(self.device), crops.to(self.device))
+
     # -------------------------------------------------------------------------------------------- one step
     def parse_batch_train(self, batch):
         """-> weak (B,3,S,S), strong (B,3,S,S), crops (B,N,3,S,S) or None (uint8 on the device), and the
         ground-truth labels, which are used ONLY for logging pseudo-label accuracy."""
         to_device = lambda x: x.to(self.device, non_blocking=True)  # noqa: E731
-        crops = to_device(batch["img3"]) if self.plan.uses_crops else None
+        crops = to_device(batch["img3"]) if self.plan.crops_from_loader else None
         return to_device(batch["img"]), to_device(batch["img2"]), crops, to_device(batch["label"])
 
     def forward_backward(self, batch):
         weak, strong, crops, true_labels = self.parse_batch_train(batch)
+        cached_prior = self.draw_cached_prior(batch["index"]) if self.plan.crops_from_cache else None
         with self.autocast():
-            out = training_step_loss(self.model, self.node, self.plan, weak, strong, crops, self._marginal)
+            out = training_step_loss(self.model, self.node, self.plan, weak, strong, crops, self._marginal,
+                                     cached_prior)
         self._marginal = out.marginal
         self.optimizer_step(out.loss)
         self.update_lr()  # per-iteration cosine schedule
