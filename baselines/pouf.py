@@ -32,7 +32,7 @@ results.json's accuracy_best with best_is_test_selection true.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -190,7 +190,7 @@ class POUFModel(TrainedStateMixin, nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.mode == "model"):
             return F.normalize(self.clip.encode_image(images).float(), dim=-1)
 
-    def forward(self, images: torch.Tensor, text_features: torch.Tensor = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, text_features: Optional[torch.Tensor] = None) -> torch.Tensor:
         text_features = self.text_features() if text_features is None else text_features
         return self.image_features(images) @ text_features.t()
 
@@ -226,9 +226,6 @@ class POUF(CLIPTrainer):
         if cfg.OPTIM.WARMUP_EPOCH > 0:
             raise ValueError("OPTIM.WARMUP_EPOCH must be 0 for POUF: it steps its own per-iteration inverse-decay "
                              "schedule (TRAINER.POUF.LR_GAMMA / LR_DECAY), which has no warm-up")
-        if node.TRAIN_INTERPOLATION not in INTERPOLATION_MODES:
-            raise ValueError(f"TRAINER.POUF.TRAIN_INTERPOLATION must be one of {list(INTERPOLATION_MODES)}, "
-                             f"got {node.TRAIN_INTERPOLATION!r}")
 
     @property
     def node(self):

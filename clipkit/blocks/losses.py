@@ -103,7 +103,7 @@ def information_maximization_terms(logits: torch.Tensor, entropy_eps: float = 1e
 
 def information_maximization_loss(logits: torch.Tensor, entropy_eps: float = 1e-5,
                                   marginal_eps: float = 1e-6) -> torch.Tensor:
-    """L_IM = mean_b H(p_b) - H(mean_b p_b) (official ``compute_im_loss``); see :func:`information_maximization_terms`."""
+    """L_IM = mean_b H(p_b) - H(mean_b p_b) (official ``compute_im_loss``); see ``information_maximization_terms``."""
     conditional, marginal_entropy = information_maximization_terms(logits, entropy_eps, marginal_eps)
     return conditional - marginal_entropy
 
