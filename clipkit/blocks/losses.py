@@ -1,4 +1,5 @@
-"""Self-training losses of microCLIP (Sec. 3.4): CE on pseudo-labels (Eq. 14) and the fairness regulariser L_reg.
+"""Self-training losses: microCLIP's CE on pseudo-labels (Eq. 14) and fairness regulariser L_reg (Sec. 3.4); DPA's and
+POUF's losses below their own headers.
 
 L_reg = -(1/C) sum_c log p_bar_c pushes the mean prediction towards uniform. Paper: p_bar = batch mean of the softmax.
 Official code: a running mean across the steps of an epoch, ``p_bar_t = m * sg(p_bar_{t-1}) + (1 - m) * batch_mean``
@@ -75,3 +76,54 @@ def prototype_alignment_loss(image_prototypes: torch.Tensor, text_prototypes: to
 
 
 __all__ += ["prototype_alignment_loss", "weighted_cross_entropy"]
+
+
+# ------------------------------------------------------------------------------------------------------------ POUF
+# POUF (Tanwisuth et al., ICML'23; shared/research/baselines.md Sec. 6): per target batch, with cosine similarities
+# sim (B, C) of the image features to the class text features and logits = s * sim (s = exp(logit_scale)):
+#   L_transport = mean_b sum_c (1 - sim) P_row  +  mean_c sum_b (1 - sim) P_col,
+#       P_row = softmax over the classes (sample -> class), P_col = softmax over the batch (class -> sample);
+#   L_IM = mean_b H(P_row[b]) - H(mean_b P_row[b])   (confident per sample, diverse over the batch).
+# The eps inside the logs are the official code's (1e-5 per sample, 1e-6 for the marginal).
+
+
+def transport_costs(logits: torch.Tensor, similarities: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """POUF's two transport directions from (B, C) ``logits`` and cosine ``similarities`` (cost ``1 - sim``).
+
+    Returns (sample -> class: ``mean_b sum_c cost * softmax_c(logits)``, class -> sample:
+    ``mean_c sum_b cost * softmax_b(logits)``); the second normalises each class column over the batch.
+    """
+    if logits.dim() != 2 or logits.shape != similarities.shape:
+        raise ValueError(f"transport_costs needs (B, C) logits and similarities of one shape, got "
+                         f"{tuple(logits.shape)} and {tuple(similarities.shape)}")
+    cost = 1.0 - similarities
+    sample_to_class = (cost * logits.softmax(dim=1)).sum(dim=1).mean()
+    class_to_sample = (cost * logits.softmax(dim=0)).sum(dim=0).mean()
+    return sample_to_class, class_to_sample
+
+
+def transport_loss(logits: torch.Tensor, similarities: torch.Tensor) -> torch.Tensor:
+    """L_transport = the sum of both :func:`transport_costs` directions (official ``compute_transport_loss``)."""
+    sample_to_class, class_to_sample = transport_costs(logits, similarities)
+    return sample_to_class + class_to_sample
+
+
+def information_maximization_terms(logits: torch.Tensor, entropy_eps: float = 1e-5,
+                                   marginal_eps: float = 1e-6) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(mean_b H(p_b), H(mean_b p_b)) of p = softmax_c(logits) for (B, C) logits, with ``H(q) = -sum q log(q + eps)``
+    (``entropy_eps`` per sample, ``marginal_eps`` for the marginal, as the official code)."""
+    probabilities = logits.softmax(dim=1)
+    conditional = -(probabilities * (probabilities + entropy_eps).log()).sum(dim=1).mean()
+    marginal = probabilities.mean(dim=0)
+    marginal_entropy = -(marginal * (marginal + marginal_eps).log()).sum()
+    return conditional, marginal_entropy
+
+
+def information_maximization_loss(logits: torch.Tensor, entropy_eps: float = 1e-5,
+                                  marginal_eps: float = 1e-6) -> torch.Tensor:
+    """L_IM = mean_b H(p_b) - H(mean_b p_b) (official ``compute_im_loss``); see ``information_maximization_terms``."""
+    conditional, marginal_entropy = information_maximization_terms(logits, entropy_eps, marginal_eps)
+    return conditional - marginal_entropy
+
+
+__all__ += ["information_maximization_loss", "information_maximization_terms", "transport_costs", "transport_loss"]
