@@ -63,7 +63,7 @@ def _add_lafter_cfg(cfg):
     node.TEXT_STEPS = 500
     # Stage 1 learning rate (official: the same --lr as stage 2, 5e-4 in scripts/LaFTer.sh).
     node.TEXT_LR = 0.0005
-    # Stage 1 weight decay of the classifier weight (official 0.01; AdamW betas (0.9, 0.999)).
+    # Stage 1 weight decay of the classifier weight (official 0.01; AdamW betas: OPTIM.ADAM_BETA1/2, (0.9, 0.999)).
     node.TEXT_WEIGHT_DECAY = 0.01
     # sigma of the Gaussian noise added to the unit text embeddings at every stage 1 step (official 0.1).
     node.TEXT_NOISE_STD = 0.1
@@ -131,10 +131,11 @@ class TextStageResult(NamedTuple):
 
 def train_text_classifier(weight: nn.Parameter, features: torch.Tensor, labels: torch.Tensor, steps: int,
                           lr: float, weight_decay: float, noise_std: float, smoothing: float,
-                          generator: Optional[torch.Generator] = None) -> TextStageResult:
-    """Stage 1 in place on ``weight`` (C, D): ``steps`` full-batch AdamW steps of L_text, fresh noise
-    ``noise_std * N(0, 1)`` (drawn from ``generator``, on the features' device) at every step."""
-    optim = torch.optim.AdamW([weight], lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
+                          generator: Optional[torch.Generator] = None, betas=(0.9, 0.999)) -> TextStageResult:
+    """Stage 1 in place on ``weight`` (C, D): ``steps`` full-batch AdamW steps (``betas``: torch's defaults, as the
+    official code) of L_text, fresh noise ``noise_std * N(0, 1)`` (drawn from ``generator``, on the features' device)
+    at every step."""
+    optim = torch.optim.AdamW([weight], lr=lr, weight_decay=weight_decay, betas=tuple(betas))
     losses = []
     with torch.enable_grad():
         for _ in range(steps):
@@ -300,7 +301,7 @@ class LaFTer(CLIPTrainer):
         self.model.classifier.weight.requires_grad_(True)
         self.text_stage = train_text_classifier(
             self.model.classifier.weight, features, labels, node.TEXT_STEPS, node.TEXT_LR, node.TEXT_WEIGHT_DECAY,
-            node.TEXT_NOISE_STD, node.LABEL_SMOOTHING, generator,
+            node.TEXT_NOISE_STD, node.LABEL_SMOOTHING, generator, (cfg.OPTIM.ADAM_BETA1, cfg.OPTIM.ADAM_BETA2),
         )
         self.model.freeze_teacher()
         self.num_text_samples = int(features.shape[0])
