@@ -3,10 +3,14 @@ normalised on the device by ``PixelNormalizer``.
 
 * ``view_transform``: short side resized, then a random or centre crop (MUST/DPA/microCLIP weak view and test view);
 * ``strong_transform``: timm's RandomResizedCrop + flip + RandAugment (MUST/DPA/microCLIP strong view), with the
-  posterize behaviour of the Pillow the official codes ran with.
+  posterize behaviour of the Pillow the official codes ran with;
+* ``simsiam_transform``: RandomResizedCrop + flip + colour jitter + grayscale + Gaussian blur (LaFTer's strong view, the
+  SimSiam/MoCo-v2 recipe).
 """
 
 from __future__ import annotations
+
+import random
 
 import torch
 from torch import nn
@@ -56,6 +60,41 @@ def strong_transform(size, rrc_scale, hflip: float, randaugment: str):
     return transform
 
 
+class RandomPILGaussianBlur:
+    """PIL ``ImageFilter.GaussianBlur(radius=sigma)``, sigma ~ U(sigma_range) from Python's ``random``, applied with
+    probability ``p`` (SimCLR/MoCo-v2's blur; LaFTer applies it to every strong view: p = 1)."""
+
+    def __init__(self, sigma_range=(0.1, 2.0), p: float = 1.0):
+        self.sigma_range, self.p = tuple(sigma_range), p
+
+    def __call__(self, image):
+        from PIL import ImageFilter
+
+        if self.p < 1.0 and random.random() >= self.p:
+            return image
+        return image.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma_range)))
+
+    def __repr__(self):
+        return f"RandomPILGaussianBlur(sigma_range={self.sigma_range}, p={self.p})"
+
+
+def simsiam_transform(size, rrc_scale, hflip: float = 0.5, color_jitter=(0.4, 0.4, 0.4, 0.1),
+                      color_jitter_p: float = 0.8, grayscale_p: float = 0.2, blur_sigma=(0.1, 2.0),
+                      blur_p: float = 1.0, interpolation: str = "bilinear"):
+    """PIL -> (3, H, W) uint8: RandomResizedCrop(size, rrc_scale) + h-flip + ColorJitter(b, c, s, h) with probability
+    ``color_jitter_p`` + RandomGrayscale + PIL Gaussian blur (LaFTer ``utils/model_utils.py`` get_random_transform:
+    scale (0.2, 1), torchvision's default bilinear crop, jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2, blur
+    sigma U(0.1, 2) on every image)."""
+    return T.Compose([
+        T.RandomResizedCrop(tuple(size), scale=tuple(rrc_scale), interpolation=INTERPOLATION_MODES[interpolation]),
+        T.RandomHorizontalFlip(hflip),
+        T.RandomApply([T.ColorJitter(*color_jitter)], p=color_jitter_p),
+        T.RandomGrayscale(p=grayscale_p),
+        RandomPILGaussianBlur(blur_sigma, blur_p),
+        T.PILToTensor(),
+    ])
+
+
 class PixelNormalizer(nn.Module):
     """(B, 3, H, W) uint8 (or float in [0, 255]) -> ``(x - 255 mean) / (255 std)`` float, on the device."""
 
@@ -68,4 +107,12 @@ class PixelNormalizer(nn.Module):
         return (images.float() - self.pixel_mean) / self.pixel_std
 
 
-__all__ = ["CROP_MODES", "PixelNormalizer", "posterize_keeping_zero_bits", "strong_transform", "view_transform"]
+__all__ = [
+    "CROP_MODES",
+    "PixelNormalizer",
+    "RandomPILGaussianBlur",
+    "posterize_keeping_zero_bits",
+    "simsiam_transform",
+    "strong_transform",
+    "view_transform",
+]
