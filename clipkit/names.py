@@ -57,6 +57,8 @@ DATASETS: Tuple[Name, ...] = (
 BACKBONES: Tuple[Name, ...] = (
     Name("vit_b32", "ViT-B/32", ("ViT-B/32",)),
     Name("vit_b16", "ViT-B/16", ("ViT-B/16",)),
+    Name("metaclip_400m", "MetaCLIP-400M ViT-B/32", ("open_clip:ViT-B-32-quickgelu@metaclip_400m",)),
+    Name("metaclip_2_5b", "MetaCLIP-2.5B ViT-B/32", ("open_clip:ViT-B-32-quickgelu@metaclip_fullcc",)),
     Name("tiny", "tiny CLIP"),
 )
 

@@ -13,15 +13,15 @@ import torch
 from torch import nn
 
 from clipkit.blocks.patch_tap import embed_patches
+from clipkit.clip.vit import check_class_token_vit, run_blocks
 
 
 @torch.no_grad()
 def last_block_cls_attention(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) normalised images -> (B, n) [CLS]-to-patch attention of the last block, rows summing to 1."""
+    check_class_token_vit(visual)
     blocks = visual.transformer.resblocks
-    x = embed_patches(visual, images)  # (1+n, B, W)
-    for block in blocks[:-1]:
-        x = block(x)
+    x = run_blocks(visual.transformer, blocks[:-1], embed_patches(visual, images))  # (1+n, B, W)
     last = blocks[-1]
     attn: nn.MultiheadAttention = last.attn
     h = last.ln_1(x)  # (1+n, B, W)

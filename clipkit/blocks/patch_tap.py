@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipkit.clip.vit import check_class_token_vit, layer_scales, run_blocks
+
 
 class VisualTap(NamedTuple):
     """Outputs of :func:`encode_image_tapped` (B = batch, D = joint embedding width, W = ViT width, n = patches)."""
@@ -36,20 +38,25 @@ def embed_patches(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
     x = x.flatten(2).transpose(1, 2)  # (B, n, W)
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+    patch_dropout = getattr(visual, "patch_dropout", None)  # open_clip (identity at rate 0 and in eval mode)
+    if patch_dropout is not None:
+        x = patch_dropout(x)
     return visual.ln_pre(x).permute(1, 0, 2)
 
 
 def value_path(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Attention-bypassed pass through one ``ResidualAttentionBlock`` (Eqs. 1-2 as coded officially).
 
-    x: (L, B, W) block input -> (L, B, W): ``v~ = x + out_proj(W_V ln_1(x) + b_V)``, ``v~ + mlp(ln_2(v~))``.
+    x: (L, B, W) block input -> (L, B, W): ``v~ = x + out_proj(W_V ln_1(x) + b_V)``, ``v~ + mlp(ln_2(v~))``
+    (open_clip blocks: each residual branch through its layer scale ``ls_1`` / ``ls_2``).
     """
     attn = block.attn
     width = x.shape[-1]
+    scale_attention, scale_mlp = layer_scales(block)
     w_v = attn.in_proj_weight[2 * width :]
     b_v = attn.in_proj_bias[2 * width :] if attn.in_proj_bias is not None else None
-    v = x + attn.out_proj(F.linear(block.ln_1(x), w_v, b_v))
-    return v + block.mlp(block.ln_2(v))
+    v = x + scale_attention(attn.out_proj(F.linear(block.ln_1(x), w_v, b_v)))
+    return v + scale_mlp(block.mlp(block.ln_2(v)))
 
 
 def encode_image_tapped(
@@ -58,20 +65,19 @@ def encode_image_tapped(
     return_patch_tokens: bool = False,
     return_cls_token: bool = False,
 ) -> VisualTap:
-    """Run a ``clip.model.VisionTransformer`` once and return the requested outputs.
+    """Run a CLIP ViT (OpenAI ``clip.model.VisionTransformer`` or open_clip's) once; return the requested outputs.
 
     images: (B, 3, H, W) normalised. ``cls_feature`` equals ``normalize(visual(images))``. ``patch_tokens`` (B, n, W)
     are the value-path tokens of the LAST block (Eqs. 1-2), ``cls_token`` (B, W) the ln_post'd [CLS] (width W).
     """
+    check_class_token_vit(visual)
     blocks = visual.transformer.resblocks
-    x = embed_patches(visual, images)
-    for block in blocks[:-1]:
-        x = block(x)
+    x = run_blocks(visual.transformer, blocks[:-1], embed_patches(visual, images))
     last = blocks[-1]
     patch_tokens = None
     if return_patch_tokens:
         patch_tokens = visual.ln_post(value_path(last, x[1:]).permute(1, 0, 2))  # (B, n, W)
-    cls_token = visual.ln_post(last(x)[0])  # (B, W)
+    cls_token = visual.ln_post(run_blocks(visual.transformer, [last], x)[0])  # (B, W)
     cls_feature = F.normalize(cls_token @ visual.proj, dim=-1)
     return VisualTap(cls_feature, patch_tokens, cls_token if return_cls_token else None)
 

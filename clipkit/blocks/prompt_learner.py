@@ -66,12 +66,11 @@ class ContextPromptLearner(nn.Module):
 
 
 def encode_prompted_text(clip_model, prompt_embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """``CLIP.encode_text`` from token embeddings: (C, L, W) embeddings, (C, L) token ids -> (C, D) raw features."""
-    length = prompt_embeddings.shape[1]
-    x = prompt_embeddings.to(clip_model.dtype) + clip_model.positional_embedding[:length].to(clip_model.dtype)
-    x = clip_model.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)
-    x = clip_model.ln_final(x)
-    return x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)] @ clip_model.text_projection
+    """``CLIP.encode_text`` from token embeddings: (C, L, W) embeddings, (C, L) token ids -> (C, D) raw features
+    (OpenAI or open_clip text tower, ``clipkit.clip.vit.encode_text_embeddings``)."""
+    from clipkit.clip.vit import encode_text_embeddings
+
+    return encode_text_embeddings(clip_model, prompt_embeddings, tokens)
 
 
 __all__ = ["ContextPromptLearner", "PLACEHOLDER_WORD", "encode_prompted_text"]

@@ -24,6 +24,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from clipkit.clip.vit import check_class_token_vit, run_transformer
+
 from .patch_tap import embed_patches, vision_width
 
 
@@ -51,8 +53,9 @@ def insert_prompts(tokens: torch.Tensor, prompts: Optional[torch.Tensor]) -> tor
 def encode_image_prompted(visual: nn.Module, images: torch.Tensor, prompts: Optional[torch.Tensor]) -> torch.Tensor:
     """(B, 3, H, W) normalised images -> (B, D) projected [CLS] of the prompted ViT (un-normalised, like
     ``visual(images)``). ``prompts`` (N, W) or None; N = 0 / None gives ``visual(images)``."""
+    check_class_token_vit(visual)
     x = insert_prompts(embed_patches(visual, images), prompts)
-    x = visual.transformer(x)
+    x = run_transformer(visual.transformer, x)
     cls = visual.ln_post(x[0])
     return cls @ visual.proj if visual.proj is not None else cls
 

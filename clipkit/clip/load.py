@@ -122,12 +122,22 @@ def clip_arch_from_state_dict(state_dict: dict) -> dict:
 
 
 def load_clip(name_or_path: str, download_root: str = "", download: bool = True):
-    """Build ``clip.model.CLIP`` from a checkpoint, always fp32, on CPU, in eval mode.
+    """Build ``clip.model.CLIP`` from a checkpoint (or an open_clip model for ``open_clip:ARCH@WEIGHTS``), always
+    fp32, on CPU, in eval mode. A plain state-dict file is read as OpenAI's architecture (QuickGELU); open_clip
+    checkpoints (GELU or QuickGELU by their config) must be named ``open_clip:<arch>@<file>``.
 
     Weights are cast to fp32 directly (OpenAI's fp16 weights convert exactly; fp32 checkpoints keep full precision).
     """
+    if name_or_path.startswith("open_clip:"):  # open_clip backbones: clipkit/clip/open_clip_backend.py
+        from .open_clip_backend import load_open_clip
+
+        return load_open_clip(name_or_path, os.path.expanduser(download_root or DEFAULT_DOWNLOAD_ROOT), download)
     path = resolve_checkpoint(name_or_path, download_root, download=download)
     state_dict = _read_state_dict(path)
+    if "input_resolution" not in state_dict:  # OpenAI archives and the toolkit's own tiny checkpoints carry it
+        warnings.warn(f"{path} is a state dict without OpenAI's 'input_resolution' entry; it is built as OpenAI's CLIP "
+                      f"(QuickGELU). If it is an open_clip checkpoint, name it open_clip:<architecture>@{path} so that "
+                      f"the architecture (GELU or QuickGELU) comes from open_clip's config", stacklevel=2)
     model = CLIP(**clip_arch_from_state_dict(state_dict))
     weights = {k: v.float() for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
     model.load_state_dict(weights, strict=True)
