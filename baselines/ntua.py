@@ -29,7 +29,7 @@ CLIP stays frozen in both modes; test logits use the cached test-view features. 
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +118,7 @@ def cache_entries(probabilities: torch.Tensor, form: str, adaptive: bool):
 
 
 def finetune_loss(cache: KeyValueCache, features: torch.Tensor, targets: torch.Tensor,
-                  sample_weights: torch.Tensor = None) -> torch.Tensor:
+                  sample_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``mean_b w_b CE(logits(f_b), v_b)`` with (B, C) target distributions v (one-hot = the hard CE)."""
     losses = F.cross_entropy(cache(features), targets, reduction="none")
     return (losses * sample_weights).mean() if sample_weights is not None else losses.mean()
@@ -157,7 +157,8 @@ class NtUA(TrainingFreeTrainer):
                 raise ValueError(f"TRAINER.NTUA.{key} must be >= 1, got {node[key]}")
         low, high = node.AUGMENT_SCALE
         if not 0.0 < low <= high <= 1.0:
-            raise ValueError(f"TRAINER.NTUA.AUGMENT_SCALE must satisfy 0 < a <= b <= 1, got {tuple(node.AUGMENT_SCALE)}")
+            raise ValueError(f"TRAINER.NTUA.AUGMENT_SCALE must satisfy 0 < a <= b <= 1, got "
+                             f"{tuple(node.AUGMENT_SCALE)}")
         for key in ("BETA", "TEACHER_LOGIT_SCALE", "KD_TEMPERATURE"):
             if float(node[key]) <= 0:
                 raise ValueError(f"TRAINER.NTUA.{key} must be positive, got {node[key]}")
@@ -198,7 +199,8 @@ class NtUA(TrainingFreeTrainer):
         values, weights = cache_entries(values_probs, form, node.ADAPTIVE_WEIGHTS)
         views = self.augmented_view_features(self.shot_items)  # (M, A, D) raw
         keys = keys_from_views(views)
-        self.train_views = F.normalize(views, dim=-1).transpose(0, 1).contiguous()  # (A, M, D) unit, finetune inputs
+        # (A, M, D) unit features: the finetune mode's inputs (epoch e reads view e mod A)
+        self.train_views = None if self.training_free else F.normalize(views, dim=-1).transpose(0, 1).contiguous()
         self.cache = KeyValueCache(keys, values, weights, self.text_classifier, node.ALPHA, node.BETA,
                                    self.logit_scale, learnable_keys=not self.training_free).to(self.device)
         self._log_cache_statistics(student_probs, values)
@@ -273,7 +275,8 @@ class NtUA(TrainingFreeTrainer):
         cfg, node = self.cfg, self.node
         height, width = cfg.INPUT.SIZE
         if height != width:
-            raise ValueError(f"NtUA's augmented views are square: INPUT.SIZE must be square, got {tuple(cfg.INPUT.SIZE)}")
+            raise ValueError(f"NtUA's augmented views are square: INPUT.SIZE must be square, got "
+                             f"{tuple(cfg.INPUT.SIZE)}")
         seed = int(node.AUGMENT_SEED) if node.AUGMENT_SEED >= 0 else max(int(cfg.SEED), 0)
         mean, std = list(cfg.INPUT.PIXEL_MEAN), list(cfg.INPUT.PIXEL_STD)
         transform = describe_resized_crop_views(height, node.AUGMENT_SCALE, node.AUGMENT_RATIO, node.AUGMENT_HFLIP,
