@@ -124,6 +124,20 @@ def finetune_loss(cache: KeyValueCache, features: torch.Tensor, targets: torch.T
     return (losses * sample_weights).mean() if sample_weights is not None else losses.mean()
 
 
+class EpochPermutation(torch.utils.data.Sampler):
+    """Shuffled order of epoch ``epoch`` drawn from the generator of (seed, epoch): independent of the global RNG
+    (feature-cache hits and misses consume it differently) and the same after a resume."""
+
+    def __init__(self, count: int, seed: int):
+        self.count, self.seed, self.epoch = int(count), int(seed), 0
+
+    def __len__(self):
+        return self.count
+
+    def __iter__(self):
+        return iter(torch.randperm(self.count, generator=feature_cache.crop_generator(self.seed, self.epoch)).tolist())
+
+
 class _Indices(torch.utils.data.Dataset):
     """The training set of the finetune mode: cache entry indices (features come from the cached views)."""
 
@@ -207,9 +221,9 @@ class NtUA(TrainingFreeTrainer):
         if self.training_free:
             self.register_model("ntua", self.cache)
             return
-        self.train_loader_x = torch.utils.data.DataLoader(
-            _Indices(len(self.shot_items)), batch_size=cfg.DATALOADER.TRAIN_X.BATCH_SIZE, shuffle=True,
-            drop_last=False)  # Tip-Adapter-F: shuffled, last batch kept
+        self.train_loader_x = torch.utils.data.DataLoader(  # Tip-Adapter-F: shuffled, last batch kept
+            _Indices(len(self.shot_items)), batch_size=cfg.DATALOADER.TRAIN_X.BATCH_SIZE,
+            sampler=EpochPermutation(len(self.shot_items), max(int(cfg.SEED), 0)), drop_last=False)
         self.optim = torch.optim.AdamW([self.cache.keys], lr=cfg.OPTIM.LR, weight_decay=cfg.OPTIM.WEIGHT_DECAY,
                                        betas=(cfg.OPTIM.ADAM_BETA1, cfg.OPTIM.ADAM_BETA2), eps=node.ADAM_EPS)
         total_steps = max(1, cfg.OPTIM.MAX_EPOCH * len(self.train_loader_x))
@@ -325,6 +339,10 @@ class NtUA(TrainingFreeTrainer):
             agreement = (self.cache(features).argmax(dim=1) == targets.argmax(dim=1)).float().mean().item()
         return {"loss": loss.detach(), "pl_agreement": 100.0 * agreement}
 
+    def before_epoch(self):
+        super().before_epoch()
+        self.train_loader_x.sampler.epoch = self.epoch
+
     def after_epoch(self):
         self.log_epoch_metrics(dict(self.cache_statistics))
         super().after_epoch()  # test accuracy per epoch (TEST.EVAL_EVERY_EPOCH), checkpoint
@@ -353,4 +371,4 @@ class NtUA(TrainingFreeTrainer):
                     trainable_parameters=0 if self.training_free else int(self.cache.keys.numel()))
 
 
-__all__ = ["NtUA", "cache_entries", "finetune_loss", "random_shots_per_true_class", "select_shots"]
+__all__ = ["EpochPermutation", "NtUA", "cache_entries", "finetune_loss", "random_shots_per_true_class", "select_shots"]

@@ -183,6 +183,17 @@ def test_random_shots_per_true_class_and_finetune_loss_by_hand():
     assert abs(float(unweighted) - float(F.cross_entropy(cache(features), targets))) < 1e-5
 
 
+def test_training_order_depends_only_on_seed_and_epoch():
+    from baselines.ntua import EpochPermutation
+
+    sampler = EpochPermutation(7, seed=3)
+    first = list(sampler)
+    torch.manual_seed(0)  # the global RNG plays no part
+    assert sorted(first) == list(range(7)) and list(sampler) == first and len(sampler) == 7
+    sampler.epoch = 1
+    assert list(sampler) != first and list(EpochPermutation(7, seed=4)) != first
+
+
 def test_finetune_trains_only_the_keys_and_resumes(tiny_image_folder, tiny_clip_path, tmp_path):
     root, _ = tiny_image_folder
     out = str(tmp_path / "run")
