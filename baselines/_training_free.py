@@ -28,10 +28,11 @@ from clipkit.trainer_base import CLIPTrainer
 
 
 def split_cache_key(cfg, clip_model, dataset_key: str, split: str, data_source: Sequence, transform: str,
-                    num_crops: int = 0, crop_seed=None) -> Dict:
-    """Feature-cache key of one split's images under ``transform`` for the backbone of ``cfg``."""
+                    num_crops: int = 0, crop_seed=None, backbone: str = "") -> Dict:
+    """Feature-cache key of one split's images under ``transform`` for ``clip_model``, named ``backbone`` (default: the
+    backbone of ``cfg``; another name for a second model, e.g. NtUA's teacher)."""
     return feature_cache.feature_cache_key(
-        backbone=cfg.MODEL.BACKBONE.NAME,
+        backbone=backbone or cfg.MODEL.BACKBONE.NAME,
         checkpoint_digest=feature_cache.model_digest(clip_model) if cfg.TEST.FEATURE_CACHE else "",
         dataset=dataset_key,
         split=split,
@@ -43,12 +44,13 @@ def split_cache_key(cfg, clip_model, dataset_key: str, split: str, data_source: 
 
 
 def cached_split_features(cfg, clip_model, dataset_key: str, split: str, data_source: Sequence, loader,
-                          device) -> torch.Tensor:
+                          device, backbone: str = "") -> torch.Tensor:
     """(N, D) unit CLIP features of ``data_source`` through a sequential Dassl ``loader`` (its transform is part of
     the key), read from or written to the feature cache (TEST.FEATURE_CACHE), on ``device``. Shared by the
-    training-free methods (test split) and the prototype initialisation of self-training methods (train split)."""
+    training-free methods (test split) and the prototype initialisation of self-training methods (train split).
+    ``backbone`` names ``clip_model`` in the key when it is not cfg's backbone (see ``split_cache_key``)."""
     transform = repr(getattr(loader.dataset, "transform", None))
-    key = split_cache_key(cfg, clip_model, dataset_key, split, data_source, transform)
+    key = split_cache_key(cfg, clip_model, dataset_key, split, data_source, transform, backbone=backbone)
     paths = [item.impath for item in data_source]
     stored = feature_cache.load_or_compute(
         key,
