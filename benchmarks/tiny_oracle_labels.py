@@ -24,9 +24,9 @@ _true_labels = {}
 _pseudo_label, _forward_backward = microclip.pseudo_label, microclip.MicroCLIP.forward_backward
 
 
-def pseudo_label_with_truth(model, node, plan, weak, crops):
+def pseudo_label_with_truth(model, node, plan, weak, crops, cached_prior=None):
     """The trainer's pseudo-labeler (for its confidences and weak-view features), labels swapped for the truth."""
-    _, confidences, weak_features = _pseudo_label(model, node, plan, weak, crops)
+    _, confidences, weak_features = _pseudo_label(model, node, plan, weak, crops, cached_prior)
     return _true_labels["batch"], confidences, weak_features
 
 
