@@ -138,9 +138,6 @@ def test_tiny_run_writes_results_and_resumes(tmp_path_factory, tiny_clip_path, t
     assert results["accuracy_last"] == pytest.approx(results["epochs"][-1]["accuracy_combined"])
     assert results["best_is_test_selection"] is True
     assert results["run_summary"]["transductive"] is False and results["run_summary"]["epochs"] == 2
-    again = _run(root, tiny_clip_path, out)  # finished: no epoch trained, the same result
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((out / "results.json").read_text())["accuracy_last"] == results["accuracy_last"]
 
 
 def _make_trainer(root, checkpoint, output_dir, *opts):
