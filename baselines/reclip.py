@@ -294,11 +294,12 @@ class ReCLIP(CLIPTrainer):
         agree = agreement_mask(labels_v, labels_t)
         truth = truth.to(self.device)
         percent = lambda x: 100.0 * x.float().mean().item()  # noqa: E731
+        trained_on = percent(labels_v[agree] == truth[agree]) if bool(agree.any()) else 0.0
         return {
             "lp_accuracy_v": percent(labels_v == truth),
             "lp_accuracy_t": percent(labels_t == truth),
             "agreement_rate": percent(agree),
-            "agreement_accuracy": percent(labels_v[agree] == truth[agree]) if bool(agree.any()) else 0.0,
+            "pl_accuracy": trained_on,  # accuracy of the agreed labels, the ones trained on (output_parser's PL table)
         }
 
     # -------------------------------------------------------------------------------------------- one step

@@ -23,6 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = generate.BenchmarkConfig(train_per_class=3, test_per_class=2)  # 20 classes, 60 train + 40 test images
 CONFIG = os.path.join(REPO, "configs", "trainers", "ReCLIP", "tiny.yaml")
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def test_agreement_mask_and_losses_against_hand_computation():
     torch.manual_seed(0)
@@ -51,15 +53,6 @@ def test_epoch_rule_is_the_official_one():
     assert official_epochs(76129, 100, 5000, 2) == 17
     assert official_epochs(10**6, 100, 5000, 2) == 100
     assert official_epochs(3000, 7, 0, 2) == 7
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is much faster than several on a shared CPU (restored afterwards)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
