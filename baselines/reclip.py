@@ -218,7 +218,13 @@ class ReCLIP(CLIPTrainer):
 
     # ------------------------------------------------------------------------------------------------ model
     def build_model(self):
+        from clipkit.clip import tokenize
+
         cfg, node = self.cfg, self.node
+        nodes = self.num_classes + len(self.adapt_source)
+        if node.LP.K >= nodes:
+            raise ValueError(f"TRAINER.RECLIP.LP.K must be smaller than the number of graph nodes ({nodes}: "
+                             f"{self.num_classes} class seeds + {len(self.adapt_source)} images), got {node.LP.K}")
         templates = self.templates()
         if not 0 <= node.TRAIN_TEMPLATE_INDEX < len(templates):
             raise ValueError(f"TRAINER.RECLIP.TRAIN_TEMPLATE_INDEX must index the {len(templates)} templates of "
@@ -227,8 +233,6 @@ class ReCLIP(CLIPTrainer):
         self.train_template = templates[node.TRAIN_TEMPLATE_INDEX]
         clip_model = self.load_clip().float().eval()
         initial_text = classifier_from_templates(clip_model, self.classnames, templates)
-        from clipkit.clip import tokenize
-
         tokens = tokenize([self.train_template.format(prompt_ready(n)) for n in self.classnames], truncate=True)
         self.net = ReCLIPNet(clip_model, initial_text, tokens, node.LOGIT_SCALE).to(self.device)
         groups = select_trainable(self.net)

@@ -160,3 +160,5 @@ def test_transductive_switch_adapts_on_the_test_split(tiny_image_folder, tiny_cl
     assert trainer.run_summary()["transductive"] is True
     with pytest.raises(ValueError, match="TRAINER.RECLIP.TRAIN_SPLIT must be one of"):
         _make_trainer(root, tiny_clip_path, str(tmp_path / "bad"), "TRAINER.RECLIP.TRAIN_SPLIT", "val")
+    with pytest.raises(ValueError, match=r"TRAINER.RECLIP.LP.K must be smaller than the number of graph nodes \(15"):
+        _make_trainer(root, tiny_clip_path, str(tmp_path / "k"), "TRAINER.RECLIP.LP.K", "15")
