@@ -199,7 +199,8 @@ def label_propagation(seeds: torch.Tensor, features: torch.Tensor, projection: O
     del values, indices
     clock.lap("graph")
     rhs = torch.zeros(graph.shape[0], num_classes, dtype=cg_dtype, device=features.device)
-    rhs[torch.arange(num_classes), torch.arange(num_classes)] = 1.0
+    seed_rows = torch.arange(num_classes, device=features.device)
+    rhs[seed_rows, seed_rows] = 1.0
     result = batched_conjugate_gradient(lambda x: x - alpha * (graph @ x), rhs, maxiter, tol)
     clock.lap("cg")
     return PropagationResult(result.solution, result.solution.argmax(dim=1), result.iterations)
