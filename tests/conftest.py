@@ -19,6 +19,18 @@ def _isolated_cache(tmp_path_factory):
     yield
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one intra-op thread is much faster than several on a shared CPU (restored afterwards). Use it
+    with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_path(tmp_path_factory):
     """Path of a random-init tiny CLIP checkpoint (state dict) loadable by clipkit.clip.load_clip."""

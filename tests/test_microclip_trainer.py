@@ -23,13 +23,7 @@ SWITCH_FILES = sorted(glob.glob(os.path.join(CONFIG_DIR, "ablations", "*.yaml"))
 CLASSNAMES = ["red", "green", "blue"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one intra-op thread is much faster than several on a shared CPU (restored afterwards)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
