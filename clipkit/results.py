@@ -15,7 +15,8 @@ Schema (docs/architecture.md); accuracies are percentages at full precision (the
 ``macro_f1``               macro F1 of the final test (percent)
 ``per_class_accuracy``     {classname: accuracy} of the final test
 ``num_test``               number of evaluated test images
-``config_digest``          sha256 of the resolved config dump
+``config_digest``          sha256 of the resolved config restricted to what changes numerics (no output path,
+                           no other method's TRAINER node: clipkit/engine/run_folder.py)
 ``wall_time_s``            training (all epochs, across resumes) + final evaluation time
 ``peak_memory_mb``         CUDA max allocated on GPU, process max RSS on CPU
 ``epochs``                 [{"epoch": E, <metric>: value, ...}] from ``log_epoch_metrics``
@@ -49,9 +50,17 @@ REQUIRED_KEYS = (
 )
 
 
-def config_digest(cfg) -> str:
-    """sha256 (hex) of the yacs dump of the resolved config."""
-    return hashlib.sha256(cfg.dump().encode("utf-8")).hexdigest()
+def config_digest(cfg, node=None) -> str:
+    """sha256 (hex) of ``numerics_config(cfg)``: identical configs in two folders give the same digest."""
+    from clipkit.engine.run_folder import numerics_config
+
+    return digest_of(numerics_config(cfg, node))
+
+
+def digest_of(config: Dict) -> str:
+    """sha256 (hex) of a ``numerics_config`` dict."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def atomic_write_json(obj, path: str) -> str:
@@ -109,6 +118,6 @@ def read_results(path: str) -> Dict:
 
 
 __all__ = [
-    "REQUIRED_KEYS", "SCHEMA_VERSION", "atomic_write_json", "config_digest", "read_json_file", "read_results",
+    "REQUIRED_KEYS", "SCHEMA_VERSION", "atomic_write_json", "config_digest", "digest_of", "read_json_file", "read_results",
     "validate_results", "write_results",
 ]
