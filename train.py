@@ -5,7 +5,7 @@ Config merge order: Dassl defaults + extend_cfg (all plugins) -> --dataset-confi
 trailing ``KEY VALUE`` opts -> freeze. Plugins: every module of datasets/, trainers/, baselines/, plus the
 comma-separated module names in the environment variable CLIPKIT_EXTRA_PLUGINS (e.g. test-only plugins).
 
-Run folders (clipkit/engine/run_folder.py): OUTPUT_DIR is locked for the whole run (a second launch into it stops at
+Run folders (clipkit/run_folder.py): OUTPUT_DIR is locked for the whole run (a second launch into it stops at
 once); its numerics config is recorded in run_config.json. Re-running into an existing OUTPUT_DIR with the same
 config resumes exactly from the newest checkpoint; a finished run is not retrained, it is tested again and writes the
 same results.json. A different config is refused with the differing keys (``--force`` archives the old run first);
@@ -137,7 +137,7 @@ def guard_run_folder(args, cfg, folder):
     already finished and --skip-finished asks to leave it alone."""
     from clipkit import results as results_io
     from clipkit.dassl import TRAINER_REGISTRY
-    from clipkit.engine.run_folder import method_node, numerics_config
+    from clipkit.run_folder import method_node, numerics_config
 
     folder.acquire()
     if args.skip_finished and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, cfg.TEST.RESULTS_FILE)):
@@ -163,7 +163,7 @@ def main(args):
     import torch
 
     from clipkit.dassl import build_trainer, collect_env_info, set_random_seed, setup_logger
-    from clipkit.engine.run_folder import RunFolder
+    from clipkit.run_folder import RunFolder
 
     cfg = setup_cfg(args)
     folder = RunFolder(cfg.OUTPUT_DIR) if cfg.OUTPUT_DIR else None
@@ -226,10 +226,11 @@ def write_failure(output_dir: str, argv, error: BaseException) -> None:
 def cli(argv=None) -> int:
     """``python train.py``: exit 0 on success, 2 on a refusal (message on stderr), 75 when the folder is locked by
     another process, 1 on a crash (with failed.txt)."""
-    from clipkit.engine.run_folder import RunFolderError, RunLockedError
+    from clipkit.run_folder import RunFolderError, RunLockedError
 
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    die_with_sweep()
     try:
         main(args)
     except RunLockedError as err:
@@ -245,6 +246,23 @@ def cli(argv=None) -> int:
         finally:
             raise
     return 0
+
+
+def die_with_sweep() -> None:
+    """Under a sweep (CLIPKIT_SWEEP_PID), ask the kernel for SIGTERM when the sweep dies, even by SIGKILL (Linux
+    prctl PR_SET_PDEATHSIG; elsewhere a no-op), and stop at once if it is already gone."""
+    parent = os.environ.get("CLIPKIT_SWEEP_PID", "")
+    if not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):
+        sys.exit("error: the sweep that launched this job is gone")
 
 
 LOCKED_EXIT_CODE = 75  # EX_TEMPFAIL: another process holds the run folder (the sweep counts the job as elsewhere)

@@ -16,7 +16,7 @@ Schema (docs/architecture.md); accuracies are percentages at full precision (the
 ``per_class_accuracy``     {classname: accuracy} of the final test
 ``num_test``               number of evaluated test images
 ``config_digest``          sha256 of the resolved config restricted to what changes numerics (no output path,
-                           no other method's TRAINER node: clipkit/engine/run_folder.py)
+                           no other method's TRAINER node: clipkit/run_folder.py)
 ``wall_time_s``            training (all epochs, across resumes) + final evaluation time
 ``peak_memory_mb``         CUDA max allocated on GPU, process max RSS on CPU
 ``epochs``                 [{"epoch": E, <metric>: value, ...}] from ``log_epoch_metrics``
@@ -52,7 +52,7 @@ REQUIRED_KEYS = (
 
 def config_digest(cfg, node=None) -> str:
     """sha256 (hex) of ``numerics_config(cfg)``: identical configs in two folders give the same digest."""
-    from clipkit.engine.run_folder import numerics_config
+    from clipkit.run_folder import numerics_config
 
     return digest_of(numerics_config(cfg, node))
 
@@ -64,21 +64,10 @@ def digest_of(config: Dict) -> str:
 
 
 def atomic_write_json(obj, path: str) -> str:
-    """Write ``obj`` as JSON to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as handle:
-            json.dump(obj, handle, indent=2, allow_nan=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """Write ``obj`` as JSON to ``path`` through a temporary file in the same folder, fsync and ``os.replace``."""
+    from clipkit.run_folder import atomic_write_text
+
+    return atomic_write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n", path)
 
 
 def validate_results(results: Dict, where: str = "results") -> None:

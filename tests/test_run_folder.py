@@ -11,7 +11,7 @@ import pytest
 
 import tests.plugins.image_folder_dataset  # noqa: F401  (registers TestImageFolder)
 import tests.plugins.trivial_trainer  # noqa: F401  (registers TrivialProbe / TrivialZeroShot)
-from clipkit.engine.run_folder import (ConfigMismatchError, RunFolder, RunLockedError, TrainedResultError,
+from clipkit.run_folder import (ConfigMismatchError, RunFolder, RunLockedError, TrainedResultError,
                                        numerics_config)
 
 OPTS = ["DATASET.NAME", "TestImageFolder", "USE_CUDA", "False", "DATALOADER.NUM_WORKERS", "0",
@@ -172,3 +172,18 @@ def test_dassl_logger_stand_in_never_closes_stdout(tiny_image_folder, tmp_path, 
     gc.collect()  # the Logger's __del__ runs
     assert sys.stdout is console and not console.closed
     assert "Finish training" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_cuda_requested_but_missing_warns(tiny_image_folder, tmp_path, monkeypatch, capsys):
+    import torch
+
+    import train
+    from clipkit.dassl import build_trainer
+
+    root, _ = tiny_image_folder
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    argv = args_for(root, tmp_path / "run", "USE_CUDA", "True")
+    trainer = build_trainer(train.setup_cfg(train.build_parser().parse_args(argv)))
+    assert trainer.device.type == "cpu"
+    assert "CUDA_VISIBLE_DEVICES=0,1" in capsys.readouterr().err

@@ -30,27 +30,15 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from clipkit.run_folder import TMP_MARK, atomic_write_text, fsync_dir  # noqa: F401  (atomic_write_text re-exported)
+
 CHECKPOINT_FORMAT = "clipkit-checkpoint-1"
 POINTER_FILE = "checkpoint"
 EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
-TMP_MARK = ".tmp-"
 CORRUPT_SUFFIX = ".corrupt"
 
 
 # ---------------------------------------------------------------------------------------------------- atomic writes
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def temp_path(path: str) -> str:
@@ -75,25 +63,7 @@ def atomic_torch_save(obj, path: str) -> str:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        _fsync_dir(folder)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def atomic_write_text(text: str, path: str) -> str:
-    """Write ``text`` to ``path`` through a temporary file + fsync + rename."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     finally:
         if osp.exists(tmp):
             os.remove(tmp)

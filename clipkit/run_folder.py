@@ -1,4 +1,4 @@
-"""One run folder = one experiment: its identity (the config that changes numerics), an OS-level lock, and the
+"""One run folder = one experiment (standard library only: the sweep uses it without importing torch): its identity (the config that changes numerics), an OS-level lock, and the
 refusals that keep a result from being overwritten by a different experiment.
 
 * ``numerics_config(cfg)``: the resolved config as ``{dotted key: value}`` without the keys that only say where
@@ -21,8 +21,9 @@ import os.path as osp
 import shutil
 from typing import Dict, List, Optional, Tuple
 
-from .checkpoint import POINTER_FILE, atomic_write_text
+POINTER_FILE = "checkpoint"  # Dassl's pointer file in <run>/<model>/ (clipkit/engine/checkpoint.py)
 
+TMP_MARK = ".tmp-"  # temporary files: .<name>.tmp-<pid>
 RUN_CONFIG_FILE = "run_config.json"
 LOCK_FILE = ".lock"
 ARCHIVE_DIR = "archive"
@@ -48,6 +49,42 @@ class TrainedResultError(RunFolderError):
 
 class RunLockedError(RunFolderError):
     pass
+
+
+# ------------------------------------------------------------------------------------------------ atomic text
+
+
+def atomic_write_text(text: str, path: str) -> str:
+    """Write ``text`` to ``path`` through a temporary file in the same folder + fsync + rename (the file is either
+    the old or the new one after any crash)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}{TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fsync_dir(folder)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def fsync_dir(folder: str) -> None:
+    """fsync a folder so that a rename in it survives a power loss (best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # -------------------------------------------------------------------------------------------------- identity
@@ -243,6 +280,6 @@ def _read_holder(fd: int) -> str:
 
 
 __all__ = [
-    "ARCHIVE_DIR", "ConfigMismatchError", "LOCATION_KEYS", "LOCK_FD_ENV", "LOCK_FILE", "RUN_CONFIG_FILE", "RunFolder",
+    "ARCHIVE_DIR", "ConfigMismatchError", "atomic_write_text", "fsync_dir", "LOCATION_KEYS", "LOCK_FD_ENV", "LOCK_FILE", "RUN_CONFIG_FILE", "RunFolder",
     "RunFolderError", "RunLockedError", "TrainedResultError", "config_differences", "method_node", "numerics_config",
 ]
