@@ -504,17 +504,19 @@ def render_latex(table: Table, rows: Sequence[Row], caption: str, decimals: int)
 
 
 def render_csv(table: Table, rows: Sequence[Row], decimals: int) -> str:
-    """Wide CSV: one row per table row, a mean column and a ``<key>_std`` column per dataset and for Avg."""
+    """Wide CSV: one row per table row; per dataset and for Avg a mean column, a ``<key>_std`` column and a
+    ``<key>_seeds`` column holding ``k/n`` when only k of n seeds are in (the "(k/n)" flag of the other formats)."""
     handle = io.StringIO()
     writer = csv.writer(handle, lineterminator="\n")
     keys = list(table.datasets) + ["avg"]
-    writer.writerow(["backbone", "method"] + [f"{k}{suffix}" for k in keys for suffix in ("", "_std")])
+    writer.writerow(["backbone", "method"] + [f"{k}{suffix}" for k in keys for suffix in ("", "_std", "_seeds")])
     for row in rows:
         values = []
         for c in range(len(keys)):
             mean, spread = row.means[c], row.spreads[c]
             values.append(row.empty_text[c] if mean is None else _number(mean, decimals, row.signed))
             values.append("" if spread is None else f"{spread:.{decimals}f}")
+            values.append(row.suffixes[c].strip().strip("()"))
         writer.writerow([table.backbone, row.label] + values)
     return handle.getvalue().rstrip("\n")
 
