@@ -163,3 +163,21 @@ def test_csv_keeps_the_incomplete_seed_flag(tmp_path):
     lines = op.render(table, "csv", "accuracy", "last").splitlines()
     header, row = lines[0].split(","), lines[1].split(",")
     assert row[header.index("dtd")] == "41.50" and row[header.index("dtd_seeds")] == "2/3"
+
+
+def test_parser_tells_running_from_interrupted_by_the_lock_file(tmp_path):
+    import subprocess
+    import sys
+
+    import output_parser as op
+
+    run = tmp_path / "out" / "vit_b32" / "dtd" / "UPL" / "seed1"
+    run.mkdir(parents=True)
+    (run / ".lock").write_text(f"pid {os.getpid()} on {os.uname().nodename}\n")
+    assert op.read_run(str(run)).activity == f"running (pid {os.getpid()})"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (run / ".lock").write_text(f"pid {gone.pid} on {os.uname().nodename}\n")
+    assert op.read_run(str(run)).activity == "interrupted"
+    table = op.build_table(op.find_runs(str(tmp_path / "out")), "vit_b32", "accuracy", "last")
+    assert any("no result yet (interrupted)" in note for note in table.notes)
