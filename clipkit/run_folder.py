@@ -239,8 +239,8 @@ class RunFolder:
         """Refuse a numerics config different from the recorded one (``force``: archive and go on). Returns the
         archive folder when one was made."""
         old = self.recorded_config()
-        if old is None:
-            return None
+        if old is None or not self.has_state():
+            return None  # nothing computed under the recorded config yet (e.g. a launch that crashed while building)
         differences = config_differences(old, config)
         if not differences:
             return None

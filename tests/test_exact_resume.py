@@ -6,41 +6,21 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 from clipkit.engine.checkpoint import checkpoint_epochs
 import tests.plugins.image_folder_dataset  # noqa: F401  (registers TestImageFolder)
 import tests.plugins.kill_switch as kill_switch
-from tests.conftest import REPO, write_descriptions, write_image
+from tests.conftest import REPO
+from tests.test_microclip_trainer import _one_torch_thread, image_root  # noqa: F401  (shared fixtures)
 
 TIMING_FIELDS = ("wall_time_s", "peak_memory_mb")
-CLASSNAMES = ["red", "green", "blue"]
 EPOCHS = 3
 METHOD_OPTS = {
     "UPL": ["TRAINER.UPL.NUM_PSEUDO_PER_CLASS", "3", "TRAINER.UPL.TEMPLATE", "a photo of a {}."],
     "MicroCLIP": ["DATALOADER.TEST.BATCH_SIZE", "6"],
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def image_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume_data")
-    rng = np.random.default_rng(0)
-    for name, color in zip(CLASSNAMES, [(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
-        for i in range(6):
-            write_image(str(root / "images" / name / f"{i}.jpg"), rng, color=color)
-    write_descriptions(root, CLASSNAMES)
-    return str(root)
 
 
 def argv(method, root, clip_path, out, *extra):

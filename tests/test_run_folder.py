@@ -117,7 +117,7 @@ def test_a_crash_leaves_failed_txt_and_a_later_success_removes_it(tiny_image_fol
         train.cli(args_for(root, out, "TRAINER.TRIVIAL.LOSS", "nonsense"))
     text = (out / "failed.txt").read_text()
     assert "error: ValueError: TRAINER.TRIVIAL.LOSS must be entropy or cross_entropy" in text
-    assert train.cli(args_for(root, out, flags=["--force"])) == 0
+    assert train.cli(args_for(root, out)) == 0  # nothing was computed under the bad config: no refusal
     assert not (out / "failed.txt").exists() and (out / "results.json").exists()
 
 
