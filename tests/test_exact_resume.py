@@ -128,3 +128,21 @@ def test_sigkill_during_a_checkpoint_write_then_resume(reference, image_root, ti
     assert "Previous epoch: 1" in resumed.stdout
     assert not any(".tmp-" in p.name for p in model_dir.iterdir())
     assert_same_run(out, reference["UPL"])
+
+
+def test_shipped_configs_of_trained_methods_checkpoint_every_epoch():
+    """A killed sweep job resumes from its last epoch only if the method's configs write a checkpoint every epoch."""
+    import glob
+
+    import yaml
+
+    from clipkit import sweep
+
+    trained = [name for name, free in sweep.registered_trainers([]).items() if not free]
+    assert {"MicroCLIP", "UPL"} <= set(trained)
+    for method in trained:
+        for path in glob.glob(os.path.join(REPO, "configs", "trainers", method, "*.yaml")):
+            if os.path.basename(path) == sweep.OVERRIDES_FILE:
+                continue
+            data = yaml.safe_load(open(path)) or {}
+            assert data.get("TRAIN", {}).get("CHECKPOINT_FREQ") == 1, f"{path}: set TRAIN.CHECKPOINT_FREQ: 1"
