@@ -241,7 +241,8 @@ class Outcome:
     skipped: str = ""  # why the job did not run here (locked by another process, finished meanwhile)
 
 
-def run_job(job: Job, env: Dict[str, str], gpu: Optional[str], processes: Dict[Job, subprocess.Popen]) -> Outcome:
+def run_job(job: Job, env: Dict[str, str], gpu: Optional[str], processes: Dict[Job, subprocess.Popen],
+            stopping: Optional[threading.Event] = None) -> Outcome:
     """Run one job under its run-folder lock (stderr to ``<run dir>/stderr.txt``; stdout is in the engine's log.txt);
     write or clear failed.txt. Skipped without a launch when another process holds the lock or the run finished."""
     from .run_folder import LOCK_FD_ENV, RunFolder, RunLockedError
@@ -255,7 +256,7 @@ def run_job(job: Job, env: Dict[str, str], gpu: Optional[str], processes: Dict[J
         if os.path.isfile(os.path.join(job.run_dir, RESULTS_FILE)):
             return Outcome(job, True, skipped="finished by another process")
         child_env = dict(env, **{LOCK_FD_ENV: str(folder._lock_fd), SWEEP_PID_ENV: str(os.getpid())})
-        return _launch(job, child_env, gpu, processes, folder._lock_fd)
+        return _launch(job, child_env, gpu, processes, folder._lock_fd, stopping)
     finally:
         folder.release()
 
@@ -264,7 +265,7 @@ SWEEP_PID_ENV = "CLIPKIT_SWEEP_PID"  # train.py asks the kernel for SIGTERM when
 
 
 def _launch(job: Job, child_env: Dict[str, str], gpu: Optional[str], processes: Dict[Job, subprocess.Popen],
-            lock_fd: int) -> Outcome:
+            lock_fd: int, stopping: Optional[threading.Event] = None) -> Outcome:
     if gpu is not None:
         child_env["CUDA_VISIBLE_DEVICES"] = gpu
     failed_path = os.path.join(job.run_dir, FAILED_FILE)
@@ -286,6 +287,9 @@ def _launch(job: Job, child_env: Dict[str, str], gpu: Optional[str], processes: 
     if returncode == 0 and not os.path.isfile(os.path.join(job.run_dir, RESULTS_FILE)):
         returncode, stderr = 1, stderr + f"\nerror: train.py exited 0 but wrote no {RESULTS_FILE} in {job.run_dir}\n"
     seconds = time.time() - start
+    if returncode != 0 and stopping is not None and stopping.is_set():
+        # stopped by the sweep itself (Ctrl-C / SIGTERM / SIGHUP): interrupted, not failed; a rerun resumes it
+        return Outcome(job, True, seconds=seconds, skipped="stopped with the sweep (resumes on the next run)")
     if returncode == 0:
         if os.path.exists(failed_path):
             os.remove(failed_path)
@@ -324,6 +328,7 @@ def run_jobs(jobs: Sequence[Job], gpus: Sequence[str], env: Dict[str, str], log=
     outcomes: List[Outcome] = []
     processes: Dict[Job, subprocess.Popen] = {}
     lock = threading.Lock()
+    stopping = threading.Event()
     total = len(jobs)
 
     def progress() -> str:
@@ -338,7 +343,7 @@ def run_jobs(jobs: Sequence[Job], gpus: Sequence[str], env: Dict[str, str], log=
                 resumed = os.path.isdir(job.run_dir)
                 where = f" on GPU {gpu}" if gpu is not None else ""
                 log(f"{progress()} {'resume' if resumed else 'start'} {job.name}{where}")
-            outcome = run_job(job, env, gpu, processes)
+            outcome = run_job(job, env, gpu, processes, stopping)
             with lock:
                 outcomes.append(outcome)
                 status = f"skipped: {outcome.skipped}" if outcome.skipped else (
@@ -353,6 +358,7 @@ def run_jobs(jobs: Sequence[Job], gpus: Sequence[str], env: Dict[str, str], log=
             while thread.is_alive():
                 thread.join(timeout=0.5)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP (Terminated)
+        stopping.set()
         with lock:
             pending.clear()
         stop_processes(processes)

@@ -122,6 +122,7 @@ def test_a_stopped_sweep_leaves_no_job_behind(fake_setup, monkeypatch, signum):
         if signum != signal.SIGKILL:
             assert proc.returncode == 128 + signum  # exits after its job, with the signal's code
             assert _gone(child)  # already gone when the sweep exits
+            assert not (out / "vit_b32" / "dtd" / "A" / "seed1" / "failed.txt").exists()  # interrupted, not failed
         assert _wait_for(lambda: _gone(child), 10)  # SIGKILL: the kernel's parent-death signal stops the job
     finally:
         if proc.poll() is None:
