@@ -132,17 +132,13 @@ def close_log(logger, console) -> None:
         logger.console = io.StringIO()
 
 
-def guard_run_folder(args, cfg, folder):
-    """Lock, then the refusals: changed config, eval-only over a trained result. Returns False when the run is
-    already finished and --skip-finished asks to leave it alone."""
+def guard_run_folder(args, cfg, folder) -> None:
+    """Lock, then the refusals (changed config, eval-only over a trained result), then record the config."""
     from clipkit import results as results_io
     from clipkit.dassl import TRAINER_REGISTRY
     from clipkit.run_folder import method_node, numerics_config
 
     folder.acquire()
-    if args.skip_finished and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, cfg.TEST.RESULTS_FILE)):
-        print(f"{cfg.OUTPUT_DIR}: finished ({cfg.TEST.RESULTS_FILE} exists); --skip-finished leaves it alone")
-        return False
     try:
         trainer_cls = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
     except KeyError:
@@ -156,27 +152,28 @@ def guard_run_folder(args, cfg, folder):
     if archived:
         print(f"--force: the previous contents of {cfg.OUTPUT_DIR} were moved to {archived}")
     folder.record_config(config, results_io.digest_of(config))
-    return True
 
 
 def main(args):
-    import torch
-
-    from clipkit.dassl import build_trainer, collect_env_info, set_random_seed, setup_logger
     from clipkit.run_folder import RunFolder
 
     cfg = setup_cfg(args)
     folder = RunFolder(cfg.OUTPUT_DIR) if cfg.OUTPUT_DIR else None
     try:
-        if folder is not None and not guard_run_folder(args, cfg, folder):
-            return
-        _run(args, cfg, torch, build_trainer, collect_env_info, set_random_seed, setup_logger)
+        if folder is not None:
+            guard_run_folder(args, cfg, folder)
+        run(args, cfg)
     finally:
         if folder is not None:
             folder.release()
 
 
-def _run(args, cfg, torch, build_trainer, collect_env_info, set_random_seed, setup_logger):
+def run(args, cfg):
+    """Seed, log tee, trainer, then train or evaluate (the run folder is already guarded)."""
+    import torch
+
+    from clipkit.dassl import build_trainer, collect_env_info, set_random_seed, setup_logger
+
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
@@ -300,8 +297,6 @@ def build_parser():
     parser.add_argument("--force", action="store_true",
                         help="run even though OUTPUT_DIR holds a different experiment (or, with --eval-only, a trained "
                              "result): its contents are moved to OUTPUT_DIR/archive/<timestamp>/ first")
-    parser.add_argument("--skip-finished", action="store_true",
-                        help="exit at once if OUTPUT_DIR already holds results (checked under the run-folder lock)")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                         help="modify config options using the command-line")
     return parser
