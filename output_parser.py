@@ -71,6 +71,7 @@ class Run:
     accuracy: Dict[str, Optional[float]] = field(default_factory=dict)
     pl_accuracy: Dict[str, Optional[float]] = field(default_factory=dict)
     error: str = ""
+    activity: str = ""  # for a run without result: "running (pid N)" or "interrupted" (from <run>/.lock), or ""
 
 
 def parse_log_accuracy(text: str) -> Optional[float]:
@@ -178,7 +179,30 @@ def read_run(run_dir: str) -> Run:
     failed_path = os.path.join(run_dir, FAILED_FILE)
     if os.path.isfile(failed_path):
         run.status, run.source, run.error = "failed", FAILED_FILE, read_failure(failed_path)
+    else:
+        run.activity = lock_activity(run_dir)
     return run
+
+
+def lock_activity(run_dir: str) -> str:
+    """From ``<run>/.lock`` (clipkit/run_folder.py writes "pid N on HOST"): "running (pid N)" when that process is
+    alive on this host, "interrupted" when it is gone, "" when unknown (no lock file, another host). The lock itself
+    is never taken: a parser must not make a sweep skip a job."""
+    path = os.path.join(run_dir, ".lock")
+    try:
+        with open(path) as handle:
+            match = re.match(r"pid (\d+) on (\S+)", handle.read())
+    except OSError:
+        return ""
+    if not match or match.group(2) != os.uname().nodename:
+        return ""
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return "interrupted"
+    except PermissionError:
+        pass  # alive, another user's
+    return f"running (pid {match.group(1)})"
 
 
 def find_runs(root: str) -> List[Run]:
@@ -280,7 +304,7 @@ def build_table(runs: Sequence[Run], backbone: str, metric: str, stat: str, meth
                     cell.failed = True
                     notes.append(f"failed: {run.path}: {run.error}")
                 elif run.status == "missing":
-                    notes.append(f"no result yet (running or interrupted): {run.path}")
+                    notes.append(f"no result yet ({run.activity or 'running or interrupted'}): {run.path}")
                 elif metric == "accuracy":
                     notes.append(f"no '{stat}' value in {os.path.join(run.path, run.source)} "
                                  f"(logs hold the final test only; use --stat last)")
@@ -504,17 +528,19 @@ def render_latex(table: Table, rows: Sequence[Row], caption: str, decimals: int)
 
 
 def render_csv(table: Table, rows: Sequence[Row], decimals: int) -> str:
-    """Wide CSV: one row per table row, a mean column and a ``<key>_std`` column per dataset and for Avg."""
+    """Wide CSV: one row per table row; per dataset and for Avg a mean column, a ``<key>_std`` column and a
+    ``<key>_seeds`` column holding ``k/n`` when only k of n seeds are in (the "(k/n)" flag of the other formats)."""
     handle = io.StringIO()
     writer = csv.writer(handle, lineterminator="\n")
     keys = list(table.datasets) + ["avg"]
-    writer.writerow(["backbone", "method"] + [f"{k}{suffix}" for k in keys for suffix in ("", "_std")])
+    writer.writerow(["backbone", "method"] + [f"{k}{suffix}" for k in keys for suffix in ("", "_std", "_seeds")])
     for row in rows:
         values = []
         for c in range(len(keys)):
             mean, spread = row.means[c], row.spreads[c]
             values.append(row.empty_text[c] if mean is None else _number(mean, decimals, row.signed))
             values.append("" if spread is None else f"{spread:.{decimals}f}")
+            values.append(row.suffixes[c].strip().strip("()"))
         writer.writerow([table.backbone, row.label] + values)
     return handle.getvalue().rstrip("\n")
 

@@ -5,7 +5,8 @@ cost, so it is computed once per *key* and stored under ``clipkit.cache_root()/f
 the features depend on:
 
     backbone name, checkpoint digest (sha256 of the weights file), dataset key, split, a description of the image
-    transform, number of crops, crop seed, and the ordered list of image paths
+    transform, number of crops, crop seed, and the ordered list of image files (path, size and modification time of
+    each: an image rewritten in place is a miss, not a stale hit)
 
 Any change in the key is a miss (a different file). A file that cannot be read, was written by an interrupted run,
 or whose stored key / tensor shapes / checksum do not match is rebuilt with a warning. Writes are atomic
@@ -36,7 +37,7 @@ from clipkit import cache_root
 from clipkit.config import cfg_extension
 
 # Bump when the file layout or the meaning of a stored tensor changes: older files then miss instead of being misread.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: the key holds each image's size and mtime
 # Bump when the crop sampler's algorithm changes (the crops of a given seed would differ).
 CROP_SAMPLER_VERSION = 1
 
@@ -69,11 +70,16 @@ class FeatureCacheWarning(UserWarning):
 # ----------------------------------------------------------------------------------------------------------------- keys
 
 
-def _paths_digest(image_paths: Sequence[str]) -> str:
+def _files_digest(image_paths: Sequence[str]) -> str:
+    """sha256 over (absolute path, size, mtime in ns) of every image, in order (a missing file enters as -1 -1)."""
     digest = hashlib.sha256()
     for path in image_paths:
-        digest.update(os.path.abspath(path).encode("utf-8"))
-        digest.update(b"\0")
+        try:
+            stat = os.stat(path)
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        digest.update(f"{os.path.abspath(path)}\0{size}\0{mtime}\0".encode("utf-8"))
     return digest.hexdigest()
 
 
@@ -88,7 +94,7 @@ def feature_cache_key(
     num_crops: int = 0,
     crop_seed: Optional[int] = None,
 ) -> Dict:
-    """The JSON-serialisable key of one cached feature set (image paths enter through their digest and count)."""
+    """The JSON-serialisable key of one cached feature set (image files enter through their digest and count)."""
     if not image_paths:
         raise ValueError(f"feature_cache_key: split '{split}' of dataset '{dataset}' has no images")
     return {
@@ -102,7 +108,7 @@ def feature_cache_key(
         "crop_seed": None if crop_seed is None else int(crop_seed),
         "crop_sampler": CROP_SAMPLER_VERSION if num_crops else None,
         "num_images": len(image_paths),
-        "image_paths_sha256": _paths_digest(image_paths),
+        "image_files_sha256": _files_digest(image_paths),
     }
 
 

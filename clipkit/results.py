@@ -15,7 +15,8 @@ Schema (docs/architecture.md); accuracies are percentages at full precision (the
 ``macro_f1``               macro F1 of the final test (percent)
 ``per_class_accuracy``     {classname: accuracy} of the final test
 ``num_test``               number of evaluated test images
-``config_digest``          sha256 of the resolved config dump
+``config_digest``          sha256 of the resolved config restricted to what changes numerics (no output path,
+                           no other method's TRAINER node: clipkit/run_folder.py)
 ``wall_time_s``            training (all epochs, across resumes) + final evaluation time
 ``peak_memory_mb``         CUDA max allocated on GPU, process max RSS on CPU
 ``epochs``                 [{"epoch": E, <metric>: value, ...}] from ``log_epoch_metrics``
@@ -49,27 +50,24 @@ REQUIRED_KEYS = (
 )
 
 
-def config_digest(cfg) -> str:
-    """sha256 (hex) of the yacs dump of the resolved config."""
-    return hashlib.sha256(cfg.dump().encode("utf-8")).hexdigest()
+def config_digest(cfg, node=None) -> str:
+    """sha256 (hex) of ``numerics_config(cfg)``: identical configs in two folders give the same digest."""
+    from clipkit.run_folder import numerics_config
+
+    return digest_of(numerics_config(cfg, node))
+
+
+def digest_of(config: Dict) -> str:
+    """sha256 (hex) of a ``numerics_config`` dict."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def atomic_write_json(obj, path: str) -> str:
-    """Write ``obj`` as JSON to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as handle:
-            json.dump(obj, handle, indent=2, allow_nan=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    """Write ``obj`` as JSON to ``path`` through a temporary file in the same folder, fsync and ``os.replace``."""
+    from clipkit.run_folder import atomic_write_text
+
+    return atomic_write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n", path)
 
 
 def validate_results(results: Dict, where: str = "results") -> None:
@@ -109,6 +107,6 @@ def read_results(path: str) -> Dict:
 
 
 __all__ = [
-    "REQUIRED_KEYS", "SCHEMA_VERSION", "atomic_write_json", "config_digest", "read_json_file", "read_results",
+    "REQUIRED_KEYS", "SCHEMA_VERSION", "atomic_write_json", "config_digest", "digest_of", "read_json_file", "read_results",
     "validate_results", "write_results",
 ]

@@ -9,9 +9,15 @@ One job = one ``train.py`` run into ``<output-root>/<backbone>/<dataset_key>/<Me
   module); ``training_free = True`` on the class adds ``--eval-only``. Datasets are ``configs/datasets/*.yaml``
   (``tiny`` only for the ``tiny`` backbone). A method without ``configs/trainers/<M>/<backbone>.yaml`` is skipped with a
   note; ``configs/trainers/<M>/dataset_overrides.yaml`` (dataset key -> list of yacs opts) adds per-dataset opts.
-* A run with ``results.json`` is done and skipped; any other existing run folder is re-run, which resumes from its
-  last checkpoint (the engine resumes from OUTPUT_DIR). A failed run leaves ``failed.txt`` (command, exit code, first
-  error line, stderr tail); the sweep goes on and exits 1 at the end with a summary.
+* A run with ``results.json`` is done and skipped; any other existing run folder is re-run, which resumes exactly
+  from its newest checkpoint (train.py refuses, with the differing keys, when the folder holds a different config).
+  A failed run leaves ``failed.txt`` (command, exit code, first error line, stderr tail); the sweep goes on and exits
+  1 at the end with a summary.
+* Each job's run folder is locked (``fcntl``, clipkit/run_folder.py) from before the launch until the child
+  exits; the child inherits the locked descriptor. Several sweeps into one output root therefore share the work: a
+  job locked by another sweep, or finished meanwhile, is skipped.
+* SIGINT, SIGTERM and SIGHUP (``timeout``, Slurm's scancel, docker stop, a closed terminal) are forwarded to the
+  running jobs; the sweep exits only when they are gone (a job that ignores SIGTERM for 30 s is killed).
 * ``--gpus 0,1`` runs one job per GPU in parallel (``CUDA_VISIBLE_DEVICES``); without it jobs run one after another.
 * ``tiny``: first ``python -m clipkit.tinybench.prepare --data-root DATA`` (generates the tiny benchmark and pretrains
   the tiny CLIP, when that module exists), and a Markdown table from ``output_parser.py`` at the end.
@@ -44,6 +50,9 @@ DEFAULT_SEEDS = (1, 2, 3)  # CoOp's scripts run seeds 1, 2, 3
 STDERR_TAIL_LINES = 40  # how much of a failed job's stderr goes into failed.txt
 PLUGIN_ENV = "CLIPKIT_EXTRA_PLUGINS"  # comma-separated extra plugin modules (test-only trainers and datasets)
 OWN_TRAINER_PACKAGES = ("trainers", "baselines")  # the toolkit's trainers; Dassl's own (Vanilla, FixMatch...) are not
+WORKER_WRAPPER = re.compile(r"Caught \w+ in DataLoader worker process")  # the wrapper; the real error follows
+TERMINATE_GRACE_S = 30.0  # how long a job may take to exit after SIGTERM before it is killed
+FORWARDED_SIGNALS = ("SIGTERM", "SIGHUP")  # besides SIGINT (KeyboardInterrupt)
 ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception|Interrupt)|error|Error|FATAL)\b.*")
 
 
@@ -192,9 +201,13 @@ def plan_sweep(backbone: str, methods: Sequence[str], training_free: Dict[str, b
 def first_error_line(stderr: str, returncode: int) -> str:
     """The first line of ``stderr`` that reads like an error (the root exception of a traceback), else a fallback."""
     lines = [line.rstrip() for line in stderr.splitlines()]
-    for line in lines:
-        if ERROR_LINE.match(line):
-            return line
+    matches = [line for line in lines if ERROR_LINE.match(line)]
+    for index, line in enumerate(matches):
+        # a DataLoader worker's error is re-raised as "X: Caught X in DataLoader worker process N." followed by the
+        # worker's traceback: report the worker's own error line
+        if WORKER_WRAPPER.search(line) and index + 1 < len(matches):
+            continue
+        return line
     if returncode < 0:
         try:
             signal_name = signal.Signals(-returncode).name
@@ -225,12 +238,34 @@ class Outcome:
     ok: bool
     error: str = ""
     seconds: float = 0.0
+    skipped: str = ""  # why the job did not run here (locked by another process, finished meanwhile)
 
 
-def run_job(job: Job, env: Dict[str, str], gpu: Optional[str], processes: Dict[Job, subprocess.Popen]) -> Outcome:
-    """Run one job (stderr to ``<run dir>/stderr.txt``; stdout is in the engine's log.txt); write or clear failed.txt."""
-    os.makedirs(job.run_dir, exist_ok=True)
-    child_env = dict(env)
+def run_job(job: Job, env: Dict[str, str], gpu: Optional[str], processes: Dict[Job, subprocess.Popen],
+            stopping: Optional[threading.Event] = None) -> Outcome:
+    """Run one job under its run-folder lock (stderr to ``<run dir>/stderr.txt``; stdout is in the engine's log.txt);
+    write or clear failed.txt. Skipped without a launch when another process holds the lock or the run finished."""
+    from .run_folder import LOCK_FD_ENV, RunFolder, RunLockedError
+
+    folder = RunFolder(job.run_dir)
+    try:
+        folder.acquire()
+    except RunLockedError:
+        return Outcome(job, True, skipped="running in another process (run folder locked)")
+    try:
+        if os.path.isfile(os.path.join(job.run_dir, RESULTS_FILE)):
+            return Outcome(job, True, skipped="finished by another process")
+        child_env = dict(env, **{LOCK_FD_ENV: str(folder._lock_fd), SWEEP_PID_ENV: str(os.getpid())})
+        return _launch(job, child_env, gpu, processes, folder._lock_fd, stopping)
+    finally:
+        folder.release()
+
+
+SWEEP_PID_ENV = "CLIPKIT_SWEEP_PID"  # train.py asks the kernel for SIGTERM when this parent dies (Linux)
+
+
+def _launch(job: Job, child_env: Dict[str, str], gpu: Optional[str], processes: Dict[Job, subprocess.Popen],
+            lock_fd: int, stopping: Optional[threading.Event] = None) -> Outcome:
     if gpu is not None:
         child_env["CUDA_VISIBLE_DEVICES"] = gpu
     failed_path = os.path.join(job.run_dir, FAILED_FILE)
@@ -239,7 +274,7 @@ def run_job(job: Job, env: Dict[str, str], gpu: Optional[str], processes: Dict[J
     with open(stderr_path, "w", encoding="utf-8") as stderr_file:
         try:
             process = subprocess.Popen(job.command, stdout=subprocess.DEVNULL, stderr=stderr_file, cwd=REPO_ROOT,
-                                       env=child_env)
+                                       env=child_env, pass_fds=(lock_fd,))
         except OSError as error:
             stderr_file.write(f"error: cannot start {job.command[0]}: {error}\n")
             returncode = 1
@@ -252,6 +287,9 @@ def run_job(job: Job, env: Dict[str, str], gpu: Optional[str], processes: Dict[J
     if returncode == 0 and not os.path.isfile(os.path.join(job.run_dir, RESULTS_FILE)):
         returncode, stderr = 1, stderr + f"\nerror: train.py exited 0 but wrote no {RESULTS_FILE} in {job.run_dir}\n"
     seconds = time.time() - start
+    if returncode != 0 and stopping is not None and stopping.is_set():
+        # stopped by the sweep itself (Ctrl-C / SIGTERM / SIGHUP): interrupted, not failed; a rerun resumes it
+        return Outcome(job, True, seconds=seconds, skipped="stopped with the sweep (resumes on the next run)")
     if returncode == 0:
         if os.path.exists(failed_path):
             os.remove(failed_path)
@@ -261,12 +299,36 @@ def run_job(job: Job, env: Dict[str, str], gpu: Optional[str], processes: Dict[J
     return Outcome(job, False, first_error_line(stderr, returncode), seconds)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM / SIGHUP received by the sweep (handled like Ctrl-C: the jobs are stopped first)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_processes(processes: Dict[Job, subprocess.Popen], grace_s: float = TERMINATE_GRACE_S) -> None:
+    """SIGTERM every running job, wait for all of them, SIGKILL those still alive after ``grace_s``."""
+    running = list(processes.values())
+    for process in running:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.time() + grace_s
+    for process in running:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def run_jobs(jobs: Sequence[Job], gpus: Sequence[str], env: Dict[str, str], log=print) -> List[Outcome]:
     """Run jobs, one per GPU in parallel (one at a time without GPUs), printing done / running / left."""
     pending = collections.deque(jobs)
     outcomes: List[Outcome] = []
     processes: Dict[Job, subprocess.Popen] = {}
     lock = threading.Lock()
+    stopping = threading.Event()
     total = len(jobs)
 
     def progress() -> str:
@@ -281,10 +343,11 @@ def run_jobs(jobs: Sequence[Job], gpus: Sequence[str], env: Dict[str, str], log=
                 resumed = os.path.isdir(job.run_dir)
                 where = f" on GPU {gpu}" if gpu is not None else ""
                 log(f"{progress()} {'resume' if resumed else 'start'} {job.name}{where}")
-            outcome = run_job(job, env, gpu, processes)
+            outcome = run_job(job, env, gpu, processes, stopping)
             with lock:
                 outcomes.append(outcome)
-                status = "ok" if outcome.ok else f"FAILED: {outcome.error}"
+                status = f"skipped: {outcome.skipped}" if outcome.skipped else (
+                    "ok" if outcome.ok else f"FAILED: {outcome.error}")
                 log(f"{progress()} {job.name} {status} ({outcome.seconds:.0f} s)")
 
     threads = [threading.Thread(target=worker, args=(gpu,), daemon=True) for gpu in (list(gpus) or [None])]
@@ -294,10 +357,13 @@ def run_jobs(jobs: Sequence[Job], gpus: Sequence[str], env: Dict[str, str], log=
         for thread in threads:
             while thread.is_alive():
                 thread.join(timeout=0.5)
-    except KeyboardInterrupt:
-        pending.clear()
-        for process in list(processes.values()):
-            process.terminate()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP (Terminated)
+        stopping.set()
+        with lock:
+            pending.clear()
+        stop_processes(processes)
+        for thread in threads:
+            thread.join(timeout=TERMINATE_GRACE_S)
         raise
     return outcomes
 
@@ -325,6 +391,17 @@ def registered_trainers(extra_plugins: Sequence[str]) -> Dict[str, bool]:
         if package in OWN_TRAINER_PACKAGES or cls.__module__ in extra_plugins:
             trainers[name] = bool(getattr(cls, "training_free", False))
     return trainers
+
+
+def warn_if_no_cuda(gpus: Sequence[str], log=print) -> bool:
+    """Log a warning when ``--gpus`` is given but torch sees no CUDA device (the jobs would run on the CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    log(f"WARNING: --gpus {','.join(gpus)} but CUDA is not available to torch {torch.__version__}: every job runs on "
+        f"the CPU, {len(gpus)} at a time. Check the driver / the CUDA build of torch, or drop --gpus.")
+    return True
 
 
 def prepare_tiny_benchmark(python: str, data_root: str, env: Dict[str, str], log=print) -> None:
@@ -356,16 +433,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
 def main(argv: Optional[Sequence[str]] = None, log=print) -> int:
     args = build_parser().parse_args(argv)
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in FORWARDED_SIGNALS:
+            signum = getattr(signal, name, None)
+            if signum is not None:
+                previous[signum] = signal.signal(signum, _raise_terminated)
     try:
         return sweep(args, log)
     except SweepError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Terminated as stop:
+        print(f"{stop}: running jobs were stopped; run the same command again to resume", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print("interrupted: running jobs were terminated; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def sweep(args: argparse.Namespace, log=print) -> int:
@@ -413,16 +506,20 @@ def sweep(args: argparse.Namespace, log=print) -> int:
     if args.backbone == TINY and TINY in datasets and plan.jobs:
         prepare_tiny_benchmark(python, data_root, env, log)
     gpus = split_list(args.gpus)
+    if gpus and plan.jobs:
+        warn_if_no_cuda(gpus, log)
     outcomes = run_jobs(plan.jobs, gpus, env, log)
     failures = [o for o in outcomes if not o.ok]
+    elsewhere = [o for o in outcomes if o.skipped]
     if args.backbone == TINY:
         if REPO_ROOT not in sys.path:
             sys.path.insert(0, REPO_ROOT)
         import output_parser
 
         output_parser.main([output_root, "--backbone", TINY, "--format", "markdown"])
-    log(f"sweep {args.backbone} finished: {len(outcomes) - len(failures)} ran, {len(plan.finished)} already done, "
-        f"{len(failures)} failed")
+    shared = f"{len(elsewhere)} left to another process, " if elsewhere else ""
+    log(f"sweep {args.backbone} finished: {len(outcomes) - len(failures) - len(elsewhere)} ran, "
+        f"{len(plan.finished)} already done, {shared}{len(failures)} failed")
     for outcome in failures:
         log(f"  FAILED {outcome.job.name}: {outcome.error}  (details: {os.path.join(outcome.job.run_dir, FAILED_FILE)})")
     return 1 if failures else 0

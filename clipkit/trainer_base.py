@@ -8,14 +8,21 @@ It adds to Dassl's trainer:
     ``accuracy`` per epoch, ``accuracy_best`` = the best epoch with ``best_is_test_selection`` true;
   * ``results.json`` (clipkit/results.py) after the final ``test()``, also for eval-only (training-free) runs.
 
-Per-epoch records, training time and peak memory are kept in ``OUTPUT_DIR/run_record.json`` (rewritten after each
-epoch), so that a resumed run reports the epochs done before the interruption and a finished run re-launched into
-the same folder (Dassl resumes it: no epoch is trained, the final test runs again) rewrites an identical
-``results.json``.
+Checkpoints (clipkit/engine/checkpoint.py, both engines): ``save_model`` / ``resume_model_if_exist`` are overridden
+so that every checkpoint is written atomically and carries the RNG states, the loader position and the run state
+(per-epoch records, best validation result, training time, peak memory, ``checkpoint_extra_state()``); resuming
+restores all of it, so an interrupted and resumed run writes the ``results.json`` of the uninterrupted run (timing
+fields aside). Only the newest ``TRAIN.CHECKPOINT_KEEP`` epoch checkpoints are kept. A method's evolving state must
+live in a module registered with ``register_model`` (or in ``checkpoint_extra_state``) to be resumed.
+
+Per-epoch records, training time and peak memory are also kept in ``OUTPUT_DIR/run_record.json`` (rewritten after
+each epoch); a finished run re-launched into the same folder (no epoch is trained, the final test runs again)
+rewrites an identical ``results.json``.
 """
 
 from __future__ import annotations
 
+import os
 import os.path as osp
 import resource
 import sys
@@ -27,6 +34,7 @@ import torch
 from clipkit import results as results_io
 from clipkit.config import cfg_extension
 from clipkit.dassl import DataManager, TrainerX, load_checkpoint
+from clipkit.engine import checkpoint as ckpt
 
 RUN_RECORD_FILE = "run_record.json"
 
@@ -36,6 +44,8 @@ def _add_trainer_base_cfg(cfg):
     # Evaluate on the test split after every epoch and report the best epoch (accuracy_best, selected on test:
     # best_is_test_selection=true). Methods whose paper reports it set the class attribute eval_every_epoch.
     cfg.TEST.EVAL_EVERY_EPOCH = False
+    # Epoch checkpoints (model.pth.tar-<E>) kept per model: the newest N; 0 keeps all (Dassl). model-best is separate.
+    cfg.TRAIN.CHECKPOINT_KEEP = 1
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -62,8 +72,17 @@ class CLIPTrainer(TrainerX):
         self._last_eval: Optional[Dict] = None
         self._last_eval_time_s = 0.0
         self._run_record_final: Optional[Dict] = None
+        self._resume_checkpoint: Optional[Dict] = None
         super().__init__(cfg)
+        self._warn_if_cuda_requested_but_missing()
         self._wrap_evaluator()
+
+    def _warn_if_cuda_requested_but_missing(self) -> None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+        if self.cfg.USE_CUDA and self.device.type == "cpu" and visible not in ("", "-1"):
+            print(f"WARNING: CUDA_VISIBLE_DEVICES={visible} (e.g. from the sweep's --gpus) but CUDA is not available "
+                  f"to torch {torch.__version__}: this run uses the CPU. Check the driver / the CUDA build of torch, "
+                  f"or drop --gpus.", file=sys.stderr)
 
     # ------------------------------------------------------------------------------------------------- backbone
     def build_data_loader_with(self, custom_tfm_train=None, custom_tfm_test=None):
@@ -165,15 +184,112 @@ class CLIPTrainer(TrainerX):
         evaluator.reset = reset_and_time
         evaluator.evaluate = evaluate_and_keep
 
+    # ----------------------------------------------------------------------------------------------- checkpoints
+    def checkpoint_extra_state(self) -> Dict:
+        """Method state outside the registered modules carried by checkpoints (default: the GradScaler at
+        ``self.scaler``, if any). Override together with ``load_checkpoint_extra_state``."""
+        scaler = getattr(self, "scaler", None)
+        return {"grad_scaler": scaler.state_dict()} if hasattr(scaler, "state_dict") else {}
+
+    def load_checkpoint_extra_state(self, state: Dict) -> None:
+        scaler = getattr(self, "scaler", None)
+        if "grad_scaler" in state and hasattr(scaler, "load_state_dict"):
+            scaler.load_state_dict(state["grad_scaler"])
+
+    def _trainer_state(self) -> Dict:
+        return {
+            "epoch_records": self.epoch_records,
+            "train_time_s": self._train_time_s,
+            "peak_memory_mb": self._peak_memory_mb,
+            "best_result": float(self.best_result),
+            "extra": self.checkpoint_extra_state(),
+        }
+
+    def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
+        """Dassl's files, written atomically; epoch checkpoints carry RNG, loader and run state; the ``checkpoint``
+        pointers are written after every model's file, then older epoch checkpoints are pruned."""
+        names = self.get_model_names()
+        file_name = model_name or ckpt.epoch_file(epoch + 1)
+        common = {"epoch": epoch + 1, "val_result": val_result, "format": ckpt.CHECKPOINT_FORMAT}
+        if not model_name:
+            common.update(rng_state=ckpt.capture_rng_state(), loader_state={"epoch": epoch + 1, "batch": 0},
+                          trainer_state=self._trainer_state())
+        for name in names:
+            optim, sched = self._optims[name], self._scheds[name]
+            state = dict(common, state_dict=ckpt.strip_module_prefix(self._models[name].state_dict()),
+                         optimizer=None if optim is None else optim.state_dict(),
+                         scheduler=None if sched is None else sched.state_dict())
+            path = ckpt.atomic_torch_save(state, osp.join(directory, name, file_name))
+            print(f"Checkpoint saved to {path}")
+        if model_name:
+            return
+        for name in names:
+            ckpt.write_pointer(osp.join(directory, name), file_name)
+        keep = int(self.cfg.TRAIN.get("CHECKPOINT_KEEP", 0))
+        for name in names:
+            ckpt.prune_epoch_checkpoints(osp.join(directory, name), keep)
+
+    def resume_model_if_exist(self, directory):
+        """Load the newest epoch whose checkpoint reads for every model (a truncated file is moved aside and the
+        previous epoch used); returns the epochs done. The RNG/run state is applied at the end of before_train."""
+        names = self.get_model_names()
+        loaded = ckpt.newest_common_checkpoints(directory, names) if names else None
+        if loaded is None:
+            print("No checkpoint found, train from scratch")
+            return 0
+        print(f"Found checkpoint at {directory} (will resume training)")
+        for name, checkpoint in loaded.items():  # Dassl's resume_from_checkpoint lines
+            print(f'Loading checkpoint from "{osp.join(directory, name, ckpt.epoch_file(checkpoint["epoch"]))}"')
+            self._models[name].load_state_dict(checkpoint["state_dict"])
+            print("Loaded model weights")
+            for holder, key in ((self._optims[name], "optimizer"), (self._scheds[name], "scheduler")):
+                if holder is not None and checkpoint.get(key) is not None:
+                    holder.load_state_dict(checkpoint[key])
+                    print(f"Loaded {key}")
+            print(f"Previous epoch: {checkpoint['epoch']}")
+        first = loaded[names[0]]
+        self._resume_checkpoint = first
+        if "rng_state" not in first:
+            print("Note: a checkpoint without RNG state (older clipkit or Dassl): the resumed run is not bit-identical "
+                  "to an uninterrupted one")
+        return int(first["epoch"])
+
+    def load_model(self, directory, epoch=None):
+        """Dassl's ``load_model`` with a message that names ``--load-epoch`` and the epochs available."""
+        if directory:
+            names = self.get_model_names()
+            wanted = "model-best.pth.tar" if epoch is None else ckpt.epoch_file(epoch)
+            missing = [n for n in names if not osp.isfile(osp.join(directory, n, wanted))]
+            if missing:
+                available = ckpt.checkpoint_epochs(osp.join(directory, missing[0]))
+                raise FileNotFoundError(
+                    f"No model at {osp.join(directory, missing[0], wanted)} (--model-dir {directory}; "
+                    f"model-best.pth.tar exists only with "
+                    f"TEST.FINAL_MODEL best_val). Pass --load-epoch N to load {missing[0]}/model.pth.tar-N; epochs "
+                    f"available there: {sorted(available) or 'none'}."
+                )
+        return super().load_model(directory, epoch)
+
     # ----------------------------------------------------------------------------------------------- train hooks
     def before_train(self):
+        self._resume_checkpoint = None
         super().before_train()  # resumes from RESUME / OUTPUT_DIR
-        record = self._read_run_record()
-        if record is not None and self.start_epoch > 0:
+        resumed = self._resume_checkpoint or {}
+        state = resumed.get("trainer_state")
+        record = self._read_run_record() if self.start_epoch > 0 else None
+        if state is not None:
+            self._epoch_records = [dict(r) for r in state["epoch_records"]]
+            self._train_time_s = float(state["train_time_s"])
+            self._peak_memory_mb = float(state["peak_memory_mb"])
+            self.best_result = float(state["best_result"])
+            self.load_checkpoint_extra_state(state.get("extra", {}))
+        elif record is not None:  # a checkpoint written before the run state moved into checkpoints
             self._epoch_records = [r for r in record.get("epochs", []) if r["epoch"] <= self.start_epoch]
             self._train_time_s = float(record.get("train_time_s", 0.0))
             self._peak_memory_mb = float(record.get("peak_memory_mb", 0.0))
+        if record is not None:
             self._run_record_final = record.get("final")
+        ckpt.restore_rng_state(resumed.get("rng_state"))  # last: nothing may draw between here and the next epoch
 
     def before_epoch(self):
         super().before_epoch()
@@ -183,10 +299,10 @@ class CLIPTrainer(TrainerX):
         if self.evaluates_every_epoch:
             # Before Dassl's after_epoch so that checkpoints are written after the epoch's metrics exist.
             self.log_epoch_metrics({"accuracy": self.test(split="test")})
-        super().after_epoch()
         self._train_time_s += time.time() - self._epoch_start
         self._peak_memory_mb = max(self._peak_memory_mb, peak_memory_mb(self.device))
         self._epochs_trained_now += 1
+        super().after_epoch()  # best-val test and checkpoints (which carry the state above)
         self._write_run_record(final=None)
 
     def after_train(self):
@@ -262,7 +378,7 @@ class CLIPTrainer(TrainerX):
             "macro_f1": float(results["macro_f1"]),
             "per_class_accuracy": self._per_class_accuracy(y_true, y_pred),
             "num_test": len(y_true),
-            "config_digest": results_io.config_digest(cfg),
+            "config_digest": results_io.config_digest(cfg, getattr(self, "config_node", None)),
             "wall_time_s": float(final["wall_time_s"]),
             "peak_memory_mb": float(final["peak_memory_mb"]),
             "epochs": self.epoch_records,

@@ -37,9 +37,24 @@ class TinyFineGrained(DatasetBase):
             [Datum(impath=path, label=label, classname=name) for path, label, name in split_items(self.dataset_dir, metadata, split)]
             for split in ("train", "test")
         )
+        self._check_every_class_has_images(metadata, train, test)
         if cfg.DATASET.NUM_SHOTS >= 1:
             train = self.generate_fewshot_dataset(train, num_shots=cfg.DATASET.NUM_SHOTS)
         super().__init__(train_x=train, val=None, test=test)
+
+    def _check_every_class_has_images(self, metadata, train, test) -> None:
+        """An empty class folder would silently shrink the label space (19 classes instead of 20): refuse it."""
+        empty = []
+        for split, items in (("train", train), ("test", test)):
+            present = {item.label for item in items}
+            empty += [os.path.join(self.dataset_dir, "images", split, cls["dir"]) for cls in metadata["classes"]
+                      if cls["label"] not in present]
+        if empty:
+            raise FileNotFoundError(
+                f"TinyFineGrained: {len(empty)} class folder(s) hold no .png image: {empty}. The tiny benchmark is "
+                f"incomplete: delete {self.dataset_dir} and run `python -m clipkit.tinybench.prepare --data-root "
+                f"{os.path.dirname(self.dataset_dir)}` (regenerates the images; the pretrained tiny CLIP is kept)."
+            )
 
     def default_descriptions_path(self) -> str:
         """The generated CuPL-format descriptions beside the images."""

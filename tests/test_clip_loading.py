@@ -22,9 +22,16 @@ def test_tiny_checkpoint_round_trip_gives_equal_outputs(tiny_clip_path):
     assert loaded.checkpoint_path == tiny_clip_path
 
 
-def test_openai_name_resolves_to_the_expected_file(tmp_path, tiny_clip_path):
+def test_openai_name_resolves_to_the_expected_file(tmp_path, tiny_clip_path, monkeypatch):
+    import hashlib
+
+    import clipkit.clip.load as load
+
     expected = tmp_path / "ViT-B-32.pt"  # basename of OpenAI's download URL
     expected.write_bytes(open(tiny_clip_path, "rb").read())
+    # the file must carry the SHA-256 in the URL (a partial download is refetched): give the stand-in its own
+    sha = hashlib.sha256(expected.read_bytes()).hexdigest()
+    monkeypatch.setitem(load.openai_clip.clip._MODELS, "ViT-B/32", f"https://example.invalid/{sha}/ViT-B-32.pt")
     assert resolve_checkpoint("ViT-B/32", str(tmp_path), download=False) == str(expected)
     model = load_clip("ViT-B/32", str(tmp_path), download=False)  # a state dict under the OpenAI name also loads
     assert model.visual.input_resolution == 64

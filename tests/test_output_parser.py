@@ -207,9 +207,9 @@ def test_vs_paper_rows_and_reclip_misprint(tmp_path):
     table = op.build_table(op.find_runs(str(root)), "vit_b32", "accuracy", "last")
     text = op.render(table, "csv", "accuracy", "last", paper=paper)
     rows = {line.split(",")[1]: line.split(",")[2:] for line in text.splitlines()[1:]}
-    assert rows["microCLIP (paper)"][0::2] == ["60.00", "90.24", "75.12"]  # DTD, Pets, Avg recomputed from cells
-    assert rows["microCLIP (ours - paper)"][0::2] == ["+1.00", "-1.24", "-0.12"]
-    assert rows["ReCLIP (paper)"][0:4:2] == ["53.88", "85.27"]
+    assert rows["microCLIP (paper)"][0::3] == ["60.00", "90.24", "75.12"]  # DTD, Pets, Avg recomputed from cells
+    assert rows["microCLIP (ours - paper)"][0::3] == ["+1.00", "-1.24", "-0.12"]
+    assert rows["ReCLIP (paper)"][0:6:3] == ["53.88", "85.27"]
     assert list(rows) == ["ReCLIP", "ReCLIP (paper)", "ReCLIP (ours - paper)", "microCLIP", "microCLIP (paper)",
                           "microCLIP (ours - paper)"]
 
@@ -244,8 +244,9 @@ def test_cli_formats_and_errors(tree, tmp_path):
     done = cli(tree, "--format", "csv", "--methods", "microCLIP", "--datasets", "Pets,dtd")  # display names work too
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
-    assert lines[0] == "backbone,method,oxford_pets,oxford_pets_std,dtd,dtd_std,avg,avg_std"
-    assert lines[1] == "vit_b32,microCLIP,42.00,1.63,62.00,1.63,52.00,1.63"
+    assert lines[0] == ("backbone,method,oxford_pets,oxford_pets_std,oxford_pets_seeds,dtd,dtd_std,dtd_seeds,avg,"
+                        "avg_std,avg_seeds")
+    assert lines[1] == "vit_b32,microCLIP,42.00,1.63,,62.00,1.63,,52.00,1.63,"
     assert "CUDA out of memory" not in done.stdout  # notes of filtered rows do not leak; csv notes go to stderr
 
     markdown = cli(tree, "--display-name", "MicroCLIP=Ours")

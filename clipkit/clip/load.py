@@ -42,6 +42,40 @@ def _openai_file(name: str, download_root: str) -> str:
     return os.path.join(download_root, os.path.basename(url))
 
 
+def expected_sha256(url: str) -> str:
+    """OpenAI's URLs carry the file's SHA-256 as the second-to-last path component."""
+    return url.split("/")[-2]
+
+
+def _verified_marker(path: str) -> str:
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.sha256-ok")
+
+
+def openai_file_is_intact(path: str, url: str) -> bool:
+    """True when ``path`` has the SHA-256 in ``url``. A verified file is remembered by size and mtime (a sidecar
+    ``.<name>.sha256-ok``), so the 350 MB hash runs once per download, not at every load."""
+    stat = os.stat(path)
+    stamp = f"{stat.st_size} {stat.st_mtime_ns}"
+    marker = _verified_marker(path)
+    if os.path.isfile(marker):
+        with open(marker) as handle:
+            if handle.read().strip() == stamp:
+                return True
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected_sha256(url):
+        return False
+    try:
+        with open(marker, "w") as handle:
+            handle.write(stamp + "\n")
+    except OSError:
+        pass  # read-only cache: verify again next time
+    return True
+
+
 def resolve_checkpoint(name_or_path: str, download_root: str = "", download: bool = True) -> str:
     """Return the local file holding the weights of ``name_or_path``; download OpenAI weights when possible.
 
@@ -49,9 +83,18 @@ def resolve_checkpoint(name_or_path: str, download_root: str = "", download: boo
     """
     download_root = os.path.expanduser(download_root or DEFAULT_DOWNLOAD_ROOT)
     if name_or_path in OPENAI_MODEL_NAMES:
+        url = openai_clip.clip._MODELS[name_or_path]
         expected = _openai_file(name_or_path, download_root)
         if os.path.isfile(expected):
-            return expected
+            if openai_file_is_intact(expected, url):
+                return expected
+            if not download:
+                raise FileNotFoundError(
+                    f"CLIP weights {expected} do not have the SHA-256 {expected_sha256(url)} of {url}: a partial or "
+                    f"corrupt download. Delete the file and download it again (or allow downloads)."
+                )
+            print(f"{expected} does not match the SHA-256 in {url} (partial download?): downloading it again")
+            os.remove(expected)
         if download:
             try:
                 return openai_clip.clip._download(openai_clip.clip._MODELS[name_or_path], download_root)
@@ -92,7 +135,16 @@ def _read_state_dict(path: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise RuntimeError(f"Could not read CLIP checkpoint {path}: {type(err).__name__}: {err}") from err
+        # never pass on torch's advice to disable weights_only: the file is broken or not a tensor state dict
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        if "Weights only load failed" in first_line:
+            first_line = "it holds Python objects besides tensors"
+        raise RuntimeError(
+            f"Could not read CLIP checkpoint {path} ({type(err).__name__}: {first_line}). clipkit reads OpenAI "
+            f"TorchScript archives and plain tensor state dicts; this file is truncated, corrupt or of another kind. "
+            f"Download it again (OpenAI names re-download a file whose SHA-256 does not match), or save the weights "
+            f"with torch.save(model.state_dict(), path)."
+        ) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or "visual.conv1.weight" not in obj:

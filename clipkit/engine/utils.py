@@ -7,7 +7,6 @@ import os
 import os.path as osp
 import platform
 import random
-import shutil
 import sys
 import time
 import warnings
@@ -154,20 +153,22 @@ def collect_env_info() -> str:
 
 def save_checkpoint(state: dict, save_dir: str, is_best: bool = False, remove_module_from_keys: bool = True,
                     model_name: str = "") -> str:
-    """Write ``state`` to ``save_dir/<model_name or model.pth.tar-<epoch>>`` and record its name in ``checkpoint``."""
+    """Write ``state`` to ``save_dir/<model_name or model.pth.tar-<epoch>>`` and record its name in ``checkpoint``.
+
+    Unlike Dassl, both files are written atomically (temporary file + fsync + rename, the pointer after the
+    checkpoint), so a kill during the write leaves the previous checkpoint in place (clipkit/engine/checkpoint.py)."""
+    from .checkpoint import atomic_torch_save, strip_module_prefix, write_pointer
+
     mkdir_if_missing(save_dir)
     if remove_module_from_keys:
-        state["state_dict"] = OrderedDict(
-            (k[len("module."):] if k.startswith("module.") else k, v) for k, v in state["state_dict"].items()
-        )
+        state["state_dict"] = strip_module_prefix(state["state_dict"])
     fpath = osp.join(save_dir, model_name or f"model.pth.tar-{state['epoch']}")
-    torch.save(state, fpath)
+    atomic_torch_save(state, fpath)
     print(f"Checkpoint saved to {fpath}")
-    with open(osp.join(save_dir, "checkpoint"), "w") as pointer:
-        pointer.write(f"{osp.basename(fpath)}\n")
+    write_pointer(save_dir, osp.basename(fpath))
     if is_best:
         best_fpath = osp.join(osp.dirname(fpath), "model-best.pth.tar")
-        shutil.copy(fpath, best_fpath)
+        atomic_torch_save(state, best_fpath)
         print(f'Best checkpoint saved to "{best_fpath}"')
     return fpath
 

@@ -6,10 +6,11 @@ class names exactly like a reader does, so each class name is matched in this or
 1. the exact key;
 2. the same letters and digits ignoring case, spaces, underscores, hyphens and punctuation
    (``"Allen's Hummingbird"`` = ``"Allens Hummingbird"``, ``"HandstandPushups"`` = ``"Hand Stand Pushups"``);
-3. the same words in any order, each compared as in 2
-   (``"2012 Ram C/V Cargo Van Minivan"`` = ``"Ram CV Cargo Van Minivan 2012"``);
-4. a known renamed key (``DESCRIPTION_KEY_ALIASES``: CuPL's Caltech101 file uses CLIP's curated names such as
-   ``"side of a car"`` where readers say ``"car side"``).
+3. a known renamed key (``DESCRIPTION_KEY_ALIASES``: CuPL's Caltech101 file uses CLIP's curated names such as
+   ``"side of a car"`` where readers say ``"car side"``);
+4. only then, the same words in any order, each compared as in 2
+   (``"2012 Ram C/V Cargo Van Minivan"`` = ``"Ram CV Cargo Van Minivan 2012"``), among the keys that no class matched
+   by 1-3 and only when no other class has the same words; each such match is printed.
 
 Keys of the file that match no class are ignored (CuPL's Caltech101 file has 102 keys, the benchmark 100 classes).
 Classes that match nothing are all listed in one error.
@@ -74,17 +75,29 @@ def match_class_keys(classnames: Sequence[str], file_keys: Sequence[str]) -> tup
     """Map each class name to one file key. Returns (``{classname: file_key}``, ``[unmatched classnames]``)."""
     exact = set(file_keys)
     by_name = _unique_index(file_keys, name_key)
-    by_words = _unique_index(file_keys, word_key)
     matched: Dict[str, str] = {}
-    unmatched: List[str] = []
     for cname in classnames:
-        candidates = [cname if cname in exact else None, by_name.get(name_key(cname)), by_words.get(word_key(cname))]
+        candidates = [cname if cname in exact else None, by_name.get(name_key(cname))]
         candidates += [by_name.get(name_key(alias)) for alias in DESCRIPTION_KEY_ALIASES.get(name_key(cname), ())]
         hit = next((c for c in candidates if c is not None), None)
+        if hit is not None:
+            matched[cname] = hit
+    # word order last, over unclaimed keys, for classes whose words no other class shares
+    claimed = set(matched.values())
+    by_words = _unique_index([k for k in file_keys if k not in claimed], word_key)
+    class_words: Dict[tuple, int] = {}
+    for cname in classnames:
+        class_words[word_key(cname)] = class_words.get(word_key(cname), 0) + 1
+    unmatched: List[str] = []
+    for cname in classnames:
+        if cname in matched:
+            continue
+        hit = by_words.get(word_key(cname)) if class_words[word_key(cname)] == 1 else None
         if hit is None:
             unmatched.append(cname)
         else:
             matched[cname] = hit
+            print(f"Descriptions: class {cname!r} matched the key {hit!r} by its words in another order")
     return matched, unmatched
 
 
@@ -131,6 +144,19 @@ def load_descriptions(path: str, classnames: Sequence[str]) -> Dict[str, List[st
     return out
 
 
+def downloadable_keys() -> set:
+    """Dataset keys ``scripts/download_descriptions.py --dataset`` accepts (empty if the script is missing)."""
+    import importlib.util
+
+    script = os.path.join(REPO_ROOT, "scripts", "download_descriptions.py")
+    spec = importlib.util.spec_from_file_location("_clipkit_download_descriptions", script)
+    if spec is None or not os.path.isfile(script):
+        return set()
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return set(module.CUPL_FILES["full"])
+
+
 def default_descriptions_path(dataset_key: str) -> str:
     """``<repo>/descriptions/<dataset_key>.json``."""
     return os.path.join(DESCRIPTIONS_DIR, f"{dataset_key}.json")
@@ -158,9 +184,12 @@ def resolve_descriptions(cfg, dataset) -> Dict[str, List[str]]:
     path = descriptions_path(cfg, dataset)
     if not os.path.isfile(path):
         key = getattr(dataset, "dataset_key", "<dataset_key>")
-        raise FileNotFoundError(
-            f"Description file not found: {path}\n"
-            f"Download CuPL's descriptions with `{DOWNLOAD_HINT.format(key=key)}` "
-            "(see descriptions/README.md), or point DATASET.DESCRIPTIONS at a CuPL-format JSON."
-        )
+        if key in downloadable_keys():
+            how = (f"Download CuPL's descriptions with `{DOWNLOAD_HINT.format(key=key)}` (see descriptions/README.md), "
+                   f"or point DATASET.DESCRIPTIONS at a CuPL-format JSON.")
+        else:
+            how = (f"CuPL publishes no descriptions for dataset {key!r} (scripts/download_descriptions.py knows "
+                   f"{sorted(downloadable_keys())}): point DATASET.DESCRIPTIONS at a CuPL-format JSON "
+                   f"{{class name: [sentences]}}, or regenerate the dataset if its reader writes its own file.")
+        raise FileNotFoundError(f"Description file not found: {path}\n{how}")
     return load_descriptions(path, list(dataset.classnames))

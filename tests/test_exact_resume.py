@@ -1,0 +1,148 @@
+"""Exact resume: a run killed at a checkpoint or in the middle of writing one, then re-launched, writes the
+results.json of the uninterrupted run (timing fields aside), for microCLIP and UPL through train.py."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from clipkit.engine.checkpoint import checkpoint_epochs
+import tests.plugins.image_folder_dataset  # noqa: F401  (registers TestImageFolder)
+import tests.plugins.kill_switch as kill_switch
+from tests.conftest import REPO
+from tests.test_microclip_trainer import _one_torch_thread, image_root  # noqa: F401  (shared fixtures)
+
+TIMING_FIELDS = ("wall_time_s", "peak_memory_mb")
+EPOCHS = 3
+METHOD_OPTS = {
+    "UPL": ["TRAINER.UPL.NUM_PSEUDO_PER_CLASS", "3", "TRAINER.UPL.TEMPLATE", "a photo of a {}."],
+    "MicroCLIP": ["DATALOADER.TEST.BATCH_SIZE", "6"],
+}
+
+
+def argv(method, root, clip_path, out, *extra):
+    return ["--root", root, "--trainer", method, "--seed", "1", "--output-dir", str(out),
+            "--config-file", os.path.join(REPO, "configs", "trainers", method, "tiny.yaml"),
+            "DATASET.NAME", "TestImageFolder", "MODEL.BACKBONE.NAME", clip_path, "DATALOADER.NUM_WORKERS", "0",
+            "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "OPTIM.MAX_EPOCH", str(EPOCHS), "USE_CUDA", "False",
+            *METHOD_OPTS[method], *extra]
+
+
+def run_in_process(args):
+    import train
+
+    train.main(train.build_parser().parse_args(args))
+
+
+def results_without_timing(out):
+    data = json.loads((out / "results.json").read_text())
+    for key in TIMING_FIELDS:
+        data.pop(key)
+    return data
+
+
+def final_weights(out):
+    """{model/key: tensor} of the last checkpoints (the random tiny CLIP may predict one class whatever it learns, so
+    the trained tensors are compared too)."""
+    weights = {}
+    for model_dir in sorted(d for d in out.iterdir() if (d / "checkpoint").is_file()):
+        state = torch.load(model_dir / f"model.pth.tar-{EPOCHS}", map_location="cpu", weights_only=False)
+        weights.update({f"{model_dir.name}/{k}": v for k, v in state["state_dict"].items()})
+        weights.update({f"{model_dir.name}/optimizer/{k}": v for k, v in _flat_tensors(state["optimizer"]).items()})
+    return weights
+
+
+def _flat_tensors(obj, prefix=""):
+    if torch.is_tensor(obj):
+        return {prefix: obj}
+    if isinstance(obj, dict):
+        return {k: v for key, value in obj.items() for k, v in _flat_tensors(value, f"{prefix}.{key}").items()}
+    if isinstance(obj, (list, tuple)):
+        return {k: v for i, value in enumerate(obj) for k, v in _flat_tensors(value, f"{prefix}.{i}").items()}
+    return {}
+
+
+def assert_same_run(out, expected):
+    results, weights = expected
+    assert results_without_timing(out) == results
+    resumed = final_weights(out)
+    assert sorted(resumed) == sorted(weights)
+    different = [k for k in weights if not torch.equal(resumed[k], weights[k])]
+    assert not different, different
+
+
+@pytest.fixture(scope="module")
+def reference(image_root, tiny_clip_path, tmp_path_factory):
+    """Uninterrupted runs, one per method (module scope: shared by the kill tests)."""
+    torch.set_num_threads(1)
+    done = {}
+    for method in METHOD_OPTS:
+        out = tmp_path_factory.mktemp(f"reference_{method}")
+        run_in_process(argv(method, image_root, tiny_clip_path, out))
+        done[method] = (results_without_timing(out), final_weights(out))
+    return done
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_OPTS))
+@pytest.mark.parametrize("when", ["after", "during"])
+def test_killed_and_resumed_run_equals_the_uninterrupted_one(method, when, reference, image_root, tiny_clip_path,
+                                                              tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    monkeypatch.setenv(kill_switch.KILL_ENV, f"{when}:2")
+    monkeypatch.setenv(kill_switch.HOW_ENV, "raise")
+    with pytest.raises(kill_switch.SimulatedKill):
+        run_in_process(argv(method, image_root, tiny_clip_path, out))
+    assert not (out / "results.json").exists()
+    monkeypatch.delenv(kill_switch.KILL_ENV)
+    torch.manual_seed(12345)  # whatever the process did before, the resumed run restores its own RNG states
+    capsys.readouterr()
+    run_in_process(argv(method, image_root, tiny_clip_path, out))
+    log = capsys.readouterr().out
+    resumed_from = 2 if when == "after" else 1
+    assert f"Previous epoch: {resumed_from}" in log
+    if when == "during":
+        assert "is unreadable" in log  # the torn model.pth.tar-2 was detected and epoch 1 used
+    assert_same_run(out, reference[method])
+    model_dirs = [d for d in out.iterdir() if (d / "checkpoint").is_file()]
+    assert model_dirs and all(checkpoint_epochs(str(d)) == [EPOCHS] for d in model_dirs)  # only the newest is kept
+
+
+def test_sigkill_during_a_checkpoint_write_then_resume(reference, image_root, tiny_clip_path, tmp_path):
+    """A real SIGKILL in the middle of the write (a fresh interpreter each time): the half-written temporary file
+    is ignored and removed, the previous checkpoint is used, and the result equals the uninterrupted run's."""
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1",
+               CLIPKIT_EXTRA_PLUGINS="tests.plugins.image_folder_dataset,tests.plugins.kill_switch")
+    cmd = [sys.executable, "-c", "import torch, sys, train; torch.set_num_threads(1); sys.exit(train.cli())",
+           *argv("UPL", image_root, tiny_clip_path, out)]
+    killed = subprocess.run(cmd, cwd=REPO, env=dict(env, CLIPKIT_TEST_KILL="during:2"), capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    model_dir = out / "prompt_learner"
+    assert any(".tmp-" in p.name for p in model_dir.iterdir())  # the half-written file the kill left
+    resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Previous epoch: 1" in resumed.stdout
+    assert not any(".tmp-" in p.name for p in model_dir.iterdir())
+    assert_same_run(out, reference["UPL"])
+
+
+def test_shipped_configs_of_trained_methods_checkpoint_every_epoch():
+    """A killed sweep job resumes from its last epoch only if the method's configs write a checkpoint every epoch."""
+    import glob
+
+    import yaml
+
+    from clipkit import sweep
+
+    trained = [name for name, free in sweep.registered_trainers([]).items() if not free]
+    assert {"MicroCLIP", "UPL"} <= set(trained)
+    for method in trained:
+        for path in glob.glob(os.path.join(REPO, "configs", "trainers", method, "*.yaml")):
+            if os.path.basename(path) == sweep.OVERRIDES_FILE:
+                continue
+            data = yaml.safe_load(open(path)) or {}
+            assert data.get("TRAIN", {}).get("CHECKPOINT_FREQ") == 1, f"{path}: set TRAIN.CHECKPOINT_FREQ: 1"
