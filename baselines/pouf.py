@@ -125,30 +125,60 @@ def pouf_train_transform(size, rrc_scale, resize: int, interpolation: str, pixel
     return T.Compose(steps)
 
 
+# Seeds of the per-epoch DataLoaders: base seed + stride x (stream position + 1), a prime stride so that they never
+# coincide with the pass-order seeds (base seed + pass index) of the first passes.
+POSITION_SEED_STRIDE = 7919
+
+
 class FixedLengthLoader:
-    """``length`` batches per ``iter()``, drawn from ``loader`` and restarting it (a fresh shuffle) whenever it runs
-    out; the position carries over from one ``iter()`` to the next (TLlib's ForeverDataIterator, epoch-sized)."""
+    """``length`` batches per epoch from an endless stream of shuffled passes over ``loader``'s dataset (TLlib's
+    ForeverDataIterator, epoch-sized): the stream position carries over from one epoch to the next.
+
+    Resumable exactly: pass p's order is the permutation of a generator seeded by (base seed, p), the base seed drawn
+    once from torch's global generator when the loader is built; epoch e covers stream positions
+    [e * length, (e + 1) * length) (``set_epoch``), served by a fresh DataLoader over the rest of the current pass
+    whose own generator is seeded by the position, so an interrupted run re-creates exactly the batches (and worker
+    augmentation seeds) of the uninterrupted one. Each pass keeps ``loader``'s ``drop_last``.
+    """
 
     def __init__(self, loader, length: int):
         self.loader, self.length = loader, length
         self.dataset, self.batch_size = loader.dataset, loader.batch_size
-        self._iterator = None
+        self.base_seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.epoch = 0
+        count, size = len(self.dataset), self.batch_size
+        self.batches_per_pass = count // size if loader.drop_last else -(-count // size)
+        if self.batches_per_pass < 1:
+            raise ValueError(f"the train split has {count} images, fewer than one batch of {size}")
 
     def __len__(self) -> int:
         return self.length
 
-    def _next(self):
-        if self._iterator is None:
-            self._iterator = iter(self.loader)
-        try:
-            return next(self._iterator)
-        except StopIteration:
-            self._iterator = iter(self.loader)
-            return next(self._iterator)
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def pass_order(self, pass_index: int) -> List[int]:
+        generator = torch.Generator().manual_seed(self.base_seed + pass_index)
+        return torch.randperm(len(self.dataset), generator=generator).tolist()
+
+    def _loader_from(self, position: int):
+        """DataLoader over the rest of the pass that holds stream ``position``."""
+        pass_index, offset = divmod(position, self.batches_per_pass)
+        order = self.pass_order(pass_index)[offset * self.batch_size: self.batches_per_pass * self.batch_size]
+        generator = torch.Generator().manual_seed(self.base_seed + POSITION_SEED_STRIDE * (position + 1))
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=order, num_workers=self.loader.num_workers,
+            drop_last=False, pin_memory=self.loader.pin_memory, generator=generator,
+        )
 
     def __iter__(self) -> Iterator:
-        for _ in range(self.length):
-            yield self._next()
+        position, end = self.epoch * self.length, (self.epoch + 1) * self.length
+        while position < end:
+            for batch in self._loader_from(position):
+                yield batch
+                position += 1
+                if position == end:
+                    return
 
 
 # ------------------------------------------------------------------------------------------------------- model
@@ -258,6 +288,8 @@ class POUF(CLIPTrainer):
     # -------------------------------------------------------------------------------------------- one step
     def before_epoch(self):
         super().before_epoch()
+        if isinstance(self.train_loader_x, FixedLengthLoader):
+            self.train_loader_x.set_epoch(self.epoch)  # the stream position follows the epoch (exact resume)
         self._epoch_sums = {key: 0.0 for key in self.LOGGED_TERMS + ("train_acc",)}
         self._epoch_steps = 0
 

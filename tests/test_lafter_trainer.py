@@ -19,12 +19,7 @@ CLASSNAMES = ["red", "green", "blue"]
 FAST = ["TRAINER.LAFTER.TEXT_STEPS", "20", "TRAINER.LAFTER.NUM_PROMPTS", "4", "TRAINER.LAFTER.EPOCH_TEST", "False"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,7 @@ FAST_PRIOR = os.path.join(CONFIG_DIR, "variants", "fast_prior_cache.yaml")
 SMALL_POOL = ["TRAINER.MICROCLIP.PL.PRIOR_CACHE_POOL", "10", "TRAINER.MICROCLIP.N_CROPS", "4"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_pool_equals_the_frozen_encoder_and_steps_draw_from_it(image_root, tiny_clip_path, tmp_path):  # noqa: F811
