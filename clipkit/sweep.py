@@ -172,8 +172,9 @@ def train_command(python: str, train_script: str, data_root: str, seed: int, met
 
 def plan_sweep(backbone: str, methods: Sequence[str], training_free: Dict[str, bool], datasets: Sequence[str],
                seeds: Sequence[int], configs_root: str, data_root: str, output_root: str, python: str,
-               train_script: str) -> Plan:
-    """Every (method, dataset, seed) job not finished yet, in method -> dataset -> seed order."""
+               train_script: str, overrides_file: Optional[str] = None) -> Plan:
+    """Every (method, dataset, seed) job not finished yet, in method -> dataset -> seed order. ``overrides_file``
+    replaces the methods' own ``dataset_overrides.yaml`` (e.g. DPA's ``official_overrides.yaml``)."""
     plan = Plan()
     all_datasets = dataset_keys(configs_root)
     for method in methods:
@@ -183,7 +184,8 @@ def plan_sweep(backbone: str, methods: Sequence[str], training_free: Dict[str, b
             plan.notes.append(f"skipped {method}: no {os.path.relpath(trainer_config, configs_root)} under "
                               f"{configs_root}")
             continue
-        overrides, notes = load_dataset_overrides(os.path.join(method_dir, OVERRIDES_FILE), all_datasets)
+        overrides, notes = load_dataset_overrides(overrides_file or os.path.join(method_dir, OVERRIDES_FILE),
+                                                  all_datasets)
         plan.notes += notes
         for dataset in datasets:
             for seed in seeds:
@@ -429,12 +431,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--extra-plugins", help=f"comma-separated modules to import besides trainers/, baselines/ and "
                                                 f"datasets/ (added to ${PLUGIN_ENV} for the jobs)")
     parser.add_argument("--train-script", default=os.path.join(REPO_ROOT, "train.py"), help="default: the repo's")
+    parser.add_argument("--dataset-overrides", help="per-dataset opts file replacing the method's own "
+                        "dataset_overrides.yaml (one method only; e.g. configs/trainers/DPA/official_overrides.yaml "
+                        "with --methods DPA and its own --output-root)")
+    parser.add_argument("--no-figures", action="store_true", help="tiny: skip the figures drawn at the end")
     parser.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
     return parser
 
 
 def _raise_terminated(signum, frame):
     raise Terminated(signum)
+
+
+def draw_tiny_figures(python: str, output_root: str, env: Dict[str, str], log=print) -> None:
+    """The tiny sweep's figures (``python -m clipkit.figures``) into ``<output root>/tiny/figures``; a figure that
+    cannot be drawn is reported and does not fail the sweep."""
+    out = os.path.join(output_root, TINY, "figures")
+    commands = [["curves", "--root", output_root], ["deltas", "--root", output_root, "--backbone", TINY]]
+    attention_run = os.path.join(output_root, TINY, TINY, "MicroCLIP", "seed1")
+    if os.path.isfile(os.path.join(attention_run, RESULTS_FILE)):
+        commands.append(["attention", "--run", attention_run, "--images", "4"])
+    for command in commands:
+        proc = subprocess.run([python, "-m", "clipkit.figures", *command, "--out", out], env=env, cwd=REPO_ROOT,
+                              capture_output=True, text=True)
+        if proc.returncode == 0:
+            log(f"figure {command[0]}: {out}/{command[0]}.png (.pdf)")
+        else:
+            log(f"figure {command[0]} not drawn: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
 
 
 def main(argv: Optional[Sequence[str]] = None, log=print) -> int:
@@ -485,8 +508,16 @@ def sweep(args: argparse.Namespace, log=print) -> int:
         raise SweepError(f"--data-root DIR is required for backbone {args.backbone} (the folder holding the "
                          f"datasets, see DATASETS.md)")
     seeds = parse_seeds(args.seeds)
-    plan_args = (datasets, seeds, configs_root, data_root, output_root, python, train_script)
     requested = split_list(args.methods)
+    overrides_file = None
+    if args.dataset_overrides:
+        overrides_file = os.path.abspath(args.dataset_overrides)
+        if not os.path.isfile(overrides_file):
+            raise SweepError(f"--dataset-overrides {args.dataset_overrides}: no such file")
+        if len(requested) != 1:
+            raise SweepError("--dataset-overrides replaces one method's dataset_overrides.yaml: give exactly one "
+                             "--methods NAME")
+    plan_args = (datasets, seeds, configs_root, data_root, output_root, python, train_script, overrides_file)
     # With explicit --methods, a sweep whose runs are all finished needs no registry (no torch import): fast reruns.
     plan = plan_sweep(args.backbone, requested, {}, *plan_args) if requested else None
     if plan is None or plan.jobs:
@@ -517,6 +548,8 @@ def sweep(args: argparse.Namespace, log=print) -> int:
         import output_parser
 
         output_parser.main([output_root, "--backbone", TINY, "--format", "markdown"])
+        if not args.no_figures:
+            draw_tiny_figures(python, output_root, env, log)
     shared = f"{len(elsewhere)} left to another process, " if elsewhere else ""
     log(f"sweep {args.backbone} finished: {len(outcomes) - len(failures) - len(elsewhere)} ran, "
         f"{len(plan.finished)} already done, {shared}{len(failures)} failed")

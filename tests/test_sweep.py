@@ -234,3 +234,18 @@ def test_real_sweep_twice_second_run_skips_everything(tmp_path, tiny_clip_path, 
     pseudo = capsys.readouterr().out.strip().splitlines()
     assert [line.split(",")[1] for line in pseudo[1:]] == ["SweepProbe"]
     assert pseudo[1].split(",")[2] == f"{probe['epochs'][0]['pl_accuracy']:.2f}"
+
+
+def test_dataset_overrides_option_needs_one_method_and_replaces_the_file(tmp_path):
+    from clipkit import sweep
+
+    official = os.path.join(REPO, "configs", "trainers", "DPA", "official_overrides.yaml")
+    out = []
+    code = sweep.main(["vit_b32", "--methods", "DPA", "--datasets", "dtd", "--seeds", "1", "--data-root", str(tmp_path),
+                       "--output-root", str(tmp_path / "out"), "--dataset-overrides", official, "--dry-run"],
+                      log=out.append)
+    assert code == 0
+    command = [line for line in out if "train.py" in line][0]
+    assert "OPTIM.LR 0.00005" in command and "TRAINER.DPA.ALPHA 0.2" in command  # DPA's own DTD settings
+    assert sweep.main(["vit_b32", "--methods", "DPA,MicroCLIP", "--data-root", str(tmp_path), "--dataset-overrides",
+                       official, "--dry-run"], log=out.append) == 2

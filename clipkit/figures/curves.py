@@ -67,7 +67,7 @@ def curves(root: str, out_dir: str) -> List[str]:
                                f"(bash scripts/run_all.sh tiny --output-root {root})")
     plt = pyplot()
     datasets = names.sort_datasets(groups)
-    figure, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.0), squeeze=False)
+    figure, axes = plt.subplots(1, len(datasets), figsize=(8.0 * len(datasets), 4.0), squeeze=False)
     for axis, dataset in zip(axes[0], datasets):
         for method in names.sort_methods(groups[dataset]):
             runs = groups[dataset][method]
@@ -77,16 +77,16 @@ def curves(root: str, out_dir: str) -> List[str]:
                     continue
                 epochs, mean, std = series
                 line, = axis.plot(epochs, mean, marker="o", markersize=3,
-                                  label=f"{names.method_display_name(method)}: {label}",
+                                  label=f"{names.method_display_name(method)} ({len(runs)} seeds): {label}",
                                   linestyle="--" if key == "pl_accuracy" else "-")
                 axis.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                                   color=line.get_color(), alpha=0.15)
-        axis.set_title(f"{names.dataset_display_name(dataset)} ({len(next(iter(groups[dataset].values())))} seeds)")
+        axis.set_title(names.dataset_display_name(dataset))
         axis.set_xlabel("epoch")
         axis.xaxis.get_major_locator().set_params(integer=True)
         axis.set_ylabel("top-1 accuracy (%)")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        axis.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return save_figure(figure, out_dir, "curves")
 
 
