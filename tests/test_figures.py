@@ -142,3 +142,51 @@ def test_attention_maps_are_distributions_over_the_patches(image_root, tiny_clip
         assert torch.allclose(maps[key].sum(dim=1), torch.ones(3), atol=1e-5), key
         assert (maps[key] >= 0).all()
     assert set(maps["ncut"].unique().tolist()) <= {0.0, 1.0}
+
+
+def bright_object_attention_visual():
+    """A tiny CLIP ViT whose last-block [CLS] query prefers bright patches: patch tokens carry their mean intensity in
+    channel 0 (the sign survives the LayerNorms), earlier blocks pass tokens through, q = k = identity."""
+    import torch
+
+    from clipkit.clip import build_tiny_clip
+
+    visual = build_tiny_clip(seed=0).visual.eval()
+    patch = visual.conv1.kernel_size[0]
+    with torch.no_grad():
+        visual.conv1.weight.zero_()
+        visual.conv1.weight[0] = 1.0 / (3 * patch * patch)  # channel 0 = mean over the patch
+        visual.positional_embedding.zero_()
+        visual.class_embedding.zero_()
+        visual.class_embedding[0] = 1.0
+        for block in visual.transformer.resblocks[:-1]:  # residual pass-through
+            for linear in (block.attn.out_proj, block.mlp.c_proj):
+                linear.weight.zero_()
+                linear.bias.zero_()
+        last = visual.transformer.resblocks[-1]
+        width = last.attn.embed_dim
+        last.attn.in_proj_weight[: 2 * width] = torch.eye(width).repeat(2, 1)
+        last.attn.in_proj_bias.zero_()
+    return visual
+
+
+def test_attention_peaks_inside_a_bright_object_on_a_flat_background():
+    import torch
+
+    from clipkit.blocks.attention_maps import last_block_cls_attention
+    from clipkit.figures.attention import patch_map_to_pixels
+
+    visual = bright_object_attention_visual()
+    side, patch = visual.input_resolution, visual.conv1.kernel_size[0]
+    grid = side // patch
+    image = -torch.ones(1, 3, side, side)
+    rows, cols = slice(patch, 3 * patch), slice(side - 3 * patch, side - patch)  # patch rows 1-2, columns 5-6
+    image[..., rows, cols] = 1.0
+    attention = last_block_cls_attention(visual, image)[0]
+    assert torch.allclose(attention.sum(), torch.tensor(1.0), atol=1e-5)
+    row, col = divmod(int(attention.argmax()), grid)
+    assert row in (1, 2) and col in (grid - 3, grid - 2)
+    pixels = patch_map_to_pixels(attention, grid, side)
+    object_mask = torch.zeros(side, side, dtype=torch.bool)
+    object_mask[rows, cols] = True
+    assert pixels[object_mask].min() > pixels[~object_mask].max()  # the overlay lights the object, only the object

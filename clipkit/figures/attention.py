@@ -86,11 +86,15 @@ def attention_maps(model, images: torch.Tensor) -> Dict[str, torch.Tensor]:
     return maps
 
 
-def _overlay(axis, image, patch_map, grid: int, title: str, cmap: str) -> None:
+def patch_map_to_pixels(patch_map: torch.Tensor, grid: int, side: int) -> torch.Tensor:
+    """(n,) map over the patches in ViT order (row-major over the grid) -> (side, side) map over the pixels."""
     import torch.nn.functional as F
 
-    side = image.shape[-1]
-    upsampled = F.interpolate(patch_map.view(1, 1, grid, grid), size=(side, side), mode="nearest")[0, 0]
+    return F.interpolate(patch_map.float().view(1, 1, grid, grid), size=(side, side), mode="nearest")[0, 0]
+
+
+def _overlay(axis, image, patch_map, grid: int, title: str, cmap: str) -> None:
+    upsampled = patch_map_to_pixels(patch_map, grid, image.shape[-1])
     axis.imshow(image.permute(1, 2, 0).numpy())
     axis.imshow(upsampled.numpy(), cmap=cmap, alpha=0.55)
     axis.set_title(title, fontsize=8)
@@ -134,4 +138,5 @@ def attention_figure(run_dir: str, data_root: str, out_dir: str, num_images: int
     return save_figure(figure, out_dir, "attention")
 
 
-__all__ = ["attention_figure", "attention_maps", "build_run_trainer", "load_latest_weights", "run_layout"]
+__all__ = ["attention_figure", "attention_maps", "build_run_trainer", "load_latest_weights", "patch_map_to_pixels",
+           "run_layout"]
