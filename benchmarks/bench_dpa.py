@@ -12,7 +12,6 @@ images, and the peak memory (CUDA max allocated on a GPU, max RSS on the CPU).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from benchmarks.bench_microclip import build_visual, synchronize  # noqa: E402
+from benchmarks.bench_microclip import build_visual, step_benchmark_parser, synchronize  # noqa: E402
 
 
 def dpa_node(precision: str):
@@ -37,16 +36,8 @@ def dpa_node(precision: str):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", choices=("vit_b32", "vit_b16", "tiny"), default="vit_b32")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps (after the warm-up steps)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, kernels)")
-    parser.add_argument("--classes", type=int, default=100, help="number of classes of the random prototypes")
+    parser = step_benchmark_parser(__doc__)
     parser.add_argument("--train-size", type=int, default=50000, help="memory-bank rows (train images)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast precision")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -60,22 +60,28 @@ def microclip_node(num_crops: int, precision: str):
     return cfg
 
 
+def step_benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every training-step benchmark shares (backbone, batch, steps, device, precision, threads)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--backbone", choices=("vit_b32", "vit_b16", "tiny"), default="vit_b32")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (after the warm-up steps)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, kernels)")
+    parser.add_argument("--classes", type=int, default=100, help="number of classes of the random classifiers")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast precision")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    return parser
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backbone", choices=("vit_b32", "vit_b16", "tiny"), default="vit_b32")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps (after the warm-up steps)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, kernels)")
+    parser = step_benchmark_parser(__doc__)
     parser.add_argument("--crops", type=int, default=8, help="N crops per image (Eq. 9)")
-    parser.add_argument("--classes", type=int, default=100, help="number of classes of the random classifiers")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", choices=("fp32", "bf16", "fp16"), default="fp32", help="autocast precision")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -77,3 +77,20 @@ def write_descriptions(root, classnames, per_class=3):
     with open(path, "w") as handle:
         json.dump(sentences, handle, indent=2)
     return path
+
+
+COLOR_CLASSES = (("red", (255, 0, 0)), ("green", (0, 255, 0)), ("blue", (0, 0, 255)))
+
+
+@pytest.fixture(scope="session")
+def image_root(tmp_path_factory):
+    """<root>/images/<class>/<i>.jpg (3 colour classes x 6 images: 4 train + 2 test each, the TestImageFolder layout)
+    and <root>/descriptions.json; read-only, shared by the trainer tests."""
+    root = tmp_path_factory.mktemp("color_images")
+    rng = np.random.default_rng(0)
+    for name, color in COLOR_CLASSES:
+        for i in range(6):
+            write_image(str(root / "images" / name / f"{i}.jpg"), rng, color=color)
+    write_descriptions(root, [name for name, _ in COLOR_CLASSES])
+    return str(root)
+

@@ -13,7 +13,6 @@ from clipkit.engine.checkpoint import checkpoint_epochs
 import tests.plugins.image_folder_dataset  # noqa: F401  (registers TestImageFolder)
 import tests.plugins.kill_switch as kill_switch
 from tests.conftest import REPO
-from tests.test_microclip_trainer import image_root  # noqa: F401  (shared fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

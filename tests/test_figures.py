@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, write_descriptions, write_image
+from tests.conftest import REPO
 
-CLASSNAMES = ["red", "green", "blue"]
 
 
 def run_figures(*args):
@@ -93,17 +92,6 @@ def test_missing_inputs_name_what_to_run_first(tmp_path):
     assert proc.returncode == 2 and "ZeroshotCLIP" in proc.stderr
     proc = run_figures("curves", "--root", str(tmp_path / "nowhere"))
     assert proc.returncode == 2 and "not a folder" in proc.stderr
-
-
-@pytest.fixture(scope="module")
-def image_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("figures_data")
-    rng = np.random.default_rng(0)
-    for name, color in zip(CLASSNAMES, [(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
-        for i in range(6):
-            write_image(str(root / "images" / name / f"{i}.jpg"), rng, color=color)
-    write_descriptions(root, CLASSNAMES)
-    return str(root)
 
 
 def test_attention_of_a_trained_microclip_run(image_root, tiny_clip_path, tmp_path):

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from tests.test_microclip_trainer import CONFIG_DIR, image_root, make_trainer  # noqa: F401  (fixture)
+from tests.test_microclip_trainer import CONFIG_DIR, make_trainer
 
 FAST_PRIOR = os.path.join(CONFIG_DIR, "variants", "fast_prior_cache.yaml")
 SMALL_POOL = ["TRAINER.MICROCLIP.PL.PRIOR_CACHE_POOL", "10", "TRAINER.MICROCLIP.N_CROPS", "4"]
@@ -16,7 +16,7 @@ SMALL_POOL = ["TRAINER.MICROCLIP.PL.PRIOR_CACHE_POOL", "10", "TRAINER.MICROCLIP.
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_pool_equals_the_frozen_encoder_and_steps_draw_from_it(image_root, tiny_clip_path, tmp_path):  # noqa: F811
+def test_pool_equals_the_frozen_encoder_and_steps_draw_from_it(image_root, tiny_clip_path, tmp_path):
     from clipkit.feature_cache import SquareCropDataset
 
     trainer = make_trainer(image_root, tiny_clip_path, str(tmp_path), [FAST_PRIOR], SMALL_POOL)
@@ -51,7 +51,7 @@ def test_cache_key_misses_for_another_pool_seed_backbone_or_checkpoint():
         assert cache_file(feature_cache_key(**dict(base, **change))) != reference, change
 
 
-def test_fast_prior_needs_the_frozen_encoder_and_a_large_enough_pool(image_root, tiny_clip_path, tmp_path):  # noqa: F811
+def test_fast_prior_needs_the_frozen_encoder_and_a_large_enough_pool(image_root, tiny_clip_path, tmp_path):
     with pytest.raises(ValueError, match="PRIOR_ENCODER frozen"):
         make_trainer(image_root, tiny_clip_path, str(tmp_path), [], ["TRAINER.MICROCLIP.PL.PRIOR_CACHE", "True"])
     with pytest.raises(ValueError, match="PRIOR_CACHE_POOL"):

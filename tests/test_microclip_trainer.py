@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import tests.plugins.image_folder_dataset  # noqa: F401  (registers TestImageFolder)
-from tests.conftest import REPO, write_descriptions, write_image
+from tests.conftest import REPO
 
 CONFIG_DIR = os.path.join(REPO, "configs", "trainers", "MicroCLIP")
 TINY_YAML = os.path.join(CONFIG_DIR, "tiny.yaml")
@@ -24,18 +24,6 @@ CLASSNAMES = ["red", "green", "blue"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def image_root(tmp_path_factory):
-    """<root>/images/<class>/<i>.jpg (3 classes x 6: 4 train + 2 test each) and <root>/descriptions.json."""
-    root = tmp_path_factory.mktemp("microclip_data")
-    rng = np.random.default_rng(0)
-    for name, color in zip(CLASSNAMES, [(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
-        for i in range(6):
-            write_image(str(root / "images" / name / f"{i}.jpg"), rng, color=color)
-    write_descriptions(root, CLASSNAMES)
-    return str(root)
 
 
 def make_cfg(image_root, clip_path, output_dir, extra_files=(), opts=()):

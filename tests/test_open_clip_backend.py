@@ -7,13 +7,12 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import tests.plugins.open_clip_tiny  # noqa: F401  (registers the tiny architectures)
-from tests.conftest import REPO, write_descriptions, write_image
+from tests.conftest import REPO
 
 open_clip = pytest.importorskip("open_clip")
 ARCHS = ("clipkit-tiny-vit", "clipkit-tiny-vit-quickgelu")
@@ -136,17 +135,6 @@ def test_random_vit_b32_quickgelu_file_matches_open_clip_loader(tmp_path):
     x = images(batch=2, side=224)
     with torch.no_grad():
         assert torch.allclose(ours.encode_image(x), theirs.encode_image(x), atol=1e-5)
-
-
-@pytest.fixture(scope="module")
-def image_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("open_clip_data")
-    rng = np.random.default_rng(0)
-    for name, color in zip(["red", "green", "blue"], [(255, 0, 0), (0, 255, 0), (0, 0, 255)]):
-        for i in range(6):
-            write_image(str(root / "images" / name / f"{i}.jpg"), rng, color=color)
-    write_descriptions(root, ["red", "green", "blue"])
-    return str(root)
 
 
 @pytest.mark.parametrize("trainer, extra", [("ZeroshotCLIP", ["--eval-only"]), ("MicroCLIP", [])])
