@@ -35,7 +35,9 @@ fi
 
 if [[ -f scripts/run_all.sh ]]; then
     echo "== main job: bash scripts/run_all.sh tiny"
+    start=$SECONDS
     bash scripts/run_all.sh tiny
+    echo "== main job took $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
 else
     OUT="output/quickstart"
     echo "== main job (fallback): TrivialProbe on a generated image folder -> $OUT"

@@ -214,7 +214,8 @@ def test_train_py_end_to_end_writes_results_and_resumes(image_root, tiny_clip_pa
     assert results["accuracy_best"] == max(r["accuracy"] for r in epochs)
     assert epochs[-1]["accuracy"] == results["accuracy_last"]
     assert results["run_summary"]["text_samples"] == 15
-    assert os.path.isfile(out / "lafter" / "model.pth.tar-1")  # TRAIN.CHECKPOINT_FREQ 1
+    # TRAIN.CHECKPOINT_FREQ 1 with TRAIN.CHECKPOINT_KEEP 1: a checkpoint every epoch, only the newest kept
+    assert os.path.isfile(out / "lafter" / "model.pth.tar-2") and not os.path.exists(out / "lafter" / "model.pth.tar-1")
     again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((out / "results.json").read_text())["accuracy_last"] == results["accuracy_last"]

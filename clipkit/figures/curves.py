@@ -17,6 +17,8 @@ SEED_DIR = re.compile(r"^seed(\d+)$")
 # per-epoch keys drawn by `curves`, with their legend labels (only the keys a run logged are drawn)
 CURVE_KEYS = (("pl_accuracy", "pseudo-labels (train)"), ("accuracy", "test (reported logits)"),
               ("accuracy_cls", "test [CLS]"), ("accuracy_fg", "test [FG]"))
+# one colour per method, one line style per curve kind
+CURVE_STYLES = {"pl_accuracy": "--", "accuracy": "-", "accuracy_cls": ":", "accuracy_fg": "-."}
 # ablation run folders: <root>/<dataset>/<prefix><value>/seed<S> (configs/trainers/MicroCLIP/ablations/*.yaml stems)
 ABLATION_PREFIXES = {"gamma": "fig5_gamma_", "crops": "fig6_crops_"}
 ABLATION_LABELS = {"gamma": "gamma (Eq. 13)", "crops": "number of crops N (Eq. 9)"}
@@ -68,19 +70,20 @@ def curves(root: str, out_dir: str) -> List[str]:
     plt = pyplot()
     datasets = names.sort_datasets(groups)
     figure, axes = plt.subplots(1, len(datasets), figsize=(8.0 * len(datasets), 4.0), squeeze=False)
+    colors = plt.get_cmap("tab10").colors
     for axis, dataset in zip(axes[0], datasets):
-        for method in names.sort_methods(groups[dataset]):
+        for index, method in enumerate(names.sort_methods(groups[dataset])):
             runs = groups[dataset][method]
+            color = colors[index % len(colors)]
             for key, label in CURVE_KEYS:
                 series = epoch_series(runs, key)
                 if series is None:
                     continue
                 epochs, mean, std = series
-                line, = axis.plot(epochs, mean, marker="o", markersize=3,
-                                  label=f"{names.method_display_name(method)} ({len(runs)} seeds): {label}",
-                                  linestyle="--" if key == "pl_accuracy" else "-")
+                axis.plot(epochs, mean, marker="o", markersize=3, color=color, linestyle=CURVE_STYLES[key],
+                          label=f"{names.method_display_name(method)} ({len(runs)} seeds): {label}")
                 axis.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                                  color=line.get_color(), alpha=0.15)
+                                  color=color, alpha=0.15)
         axis.set_title(names.dataset_display_name(dataset))
         axis.set_xlabel("epoch")
         axis.xaxis.get_major_locator().set_params(integer=True)
