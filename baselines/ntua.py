@@ -159,6 +159,13 @@ class NtUA(TrainingFreeTrainer):
     cfg_node = "NTUA"
     training_free = False  # the default MODE trains the keys; MODE training_free runs zero epochs
 
+    @classmethod
+    def planned_training(cls, cfg, num_train: int, num_classes: int):
+        """Encoder work: AUGMENT_EPOCHS augmented views of the K x C cached shots, once (the key tuning itself runs on
+        cached features); counted as one epoch of that many images."""
+        node = cfg.TRAINER.NTUA
+        return 1, node.AUGMENT_EPOCHS * min(num_train, node.SHOTS * num_classes)
+
     def check_cfg(self, cfg):
         super().check_cfg(cfg)
         node = cfg.TRAINER.NTUA

@@ -261,6 +261,13 @@ class POUF(CLIPTrainer):
     def node(self):
         return self.cfg.TRAINER.POUF
 
+    @classmethod
+    def planned_training(cls, cfg, num_train: int, num_classes: int):
+        """An epoch is ITERS_PER_EPOCH steps of the train batch size (0: one pass over the split)."""
+        iterations = cfg.TRAINER.POUF.ITERS_PER_EPOCH
+        per_epoch = iterations * cfg.DATALOADER.TRAIN_X.BATCH_SIZE if iterations > 0 else num_train
+        return int(cfg.OPTIM.MAX_EPOCH), int(per_epoch)
+
     def build_data_loader(self):
         cfg, node = self.cfg, self.cfg.TRAINER.POUF
         self.build_data_loader_with(custom_tfm_train=pouf_train_transform(

@@ -170,6 +170,12 @@ def official_epochs(num_images: int, cap: int, divisor: int, offset: int) -> int
 class ReCLIP(CLIPTrainer):
     """ReCLIP's two-model self-training on label-propagated, cross-modality-agreed pseudo-labels."""
 
+    @classmethod
+    def planned_training(cls, cfg, num_train: int, num_classes: int):
+        """The official epoch rule min(cap, N // divisor + offset) over the train split."""
+        node = cfg.TRAINER.RECLIP
+        return official_epochs(num_train, cfg.OPTIM.MAX_EPOCH, node.EPOCH_DIVISOR, node.EPOCH_OFFSET), int(num_train)
+
     def check_cfg(self, cfg):
         node = cfg.TRAINER.RECLIP
         for key, value, allowed in (("TRAIN_SPLIT", node.TRAIN_SPLIT, TRAIN_SPLITS),

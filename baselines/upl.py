@@ -66,6 +66,11 @@ class UPL(CLIPTrainer):
     def node(self):
         return self.cfg.TRAINER.UPL
 
+    @classmethod
+    def planned_training(cls, cfg, num_train: int, num_classes: int):
+        """Epochs over the top-K-per-class subset (at most K x C images), not the whole split."""
+        return int(cfg.OPTIM.MAX_EPOCH), min(num_train, cfg.TRAINER.UPL.NUM_PSEUDO_PER_CLASS * num_classes)
+
     def pseudo_label_template(self) -> str:
         if self.node.TEMPLATE:
             return self.node.TEMPLATE

@@ -435,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "dataset_overrides.yaml (one method only; e.g. configs/trainers/DPA/official_overrides.yaml "
                         "with --methods DPA and its own --output-root)")
     parser.add_argument("--no-figures", action="store_true", help="tiny: skip the figures drawn at the end")
+    parser.add_argument("--plan", action="store_true", help="print the runs still to do and their cost (training "
+                        "images, GPU hours with --throughput), then exit without starting anything")
+    parser.add_argument("--throughput", help="--plan: JSON {\"<Method>\": {\"<backbone>\": images_per_second}} "
+                        "measured on the target GPU with benchmarks/bench_*.py")
     parser.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
     return parser
 
@@ -520,7 +524,7 @@ def sweep(args: argparse.Namespace, log=print) -> int:
     plan_args = (datasets, seeds, configs_root, data_root, output_root, python, train_script, overrides_file)
     # With explicit --methods, a sweep whose runs are all finished needs no registry (no torch import): fast reruns.
     plan = plan_sweep(args.backbone, requested, {}, *plan_args) if requested else None
-    if plan is None or plan.jobs:
+    if plan is None or plan.jobs or args.plan:
         registered = registered_trainers(extra_plugins)
         methods = select_methods(requested, registered)
         plan = plan_sweep(args.backbone, methods, registered, *plan_args)
@@ -530,6 +534,15 @@ def sweep(args: argparse.Namespace, log=print) -> int:
         log(f"note: {note}")
     log(f"sweep {args.backbone}: {len(methods)} methods x {len(datasets)} datasets x {len(seeds)} seeds; "
         f"{len(plan.finished)} finished (skipped), {len(plan.jobs)} to run")
+    if args.plan:
+        from .plan import estimate_run, format_plan, load_throughput
+
+        if REPO_ROOT not in sys.path:
+            sys.path.insert(0, REPO_ROOT)
+        throughput = load_throughput(args.throughput)
+        log(format_plan([estimate_run(job, args.backbone, throughput) for job in plan.jobs], args.backbone,
+                        args.throughput))
+        return 0
     if args.dry_run:
         for job in plan.jobs:
             log(shlex.join(job.command))

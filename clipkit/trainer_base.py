@@ -27,7 +27,7 @@ import os.path as osp
 import resource
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -63,6 +63,15 @@ class CLIPTrainer(TrainerX):
     eval_every_epoch = False
     # True for methods that never train (run with train.py --eval-only).
     training_free = False
+
+    @classmethod
+    def planned_training(cls, cfg, num_train: int, num_classes: int) -> Tuple[int, int]:
+        """(epochs, images through the training step per epoch) that the sweep planner (``run_all.sh --plan``)
+        assumes for a run of ``cfg`` on a train split of ``num_train`` images: OPTIM.MAX_EPOCH passes over the split,
+        none for training-free methods. Methods whose epoch is defined otherwise override it."""
+        if cls.training_free:
+            return 0, 0
+        return int(cfg.OPTIM.MAX_EPOCH), int(num_train)
 
     def __init__(self, cfg):
         self._epoch_records: List[Dict] = []

@@ -249,3 +249,33 @@ def test_dataset_overrides_option_needs_one_method_and_replaces_the_file(tmp_pat
     assert "OPTIM.LR 0.00005" in command and "TRAINER.DPA.ALPHA 0.2" in command  # DPA's own DTD settings
     assert sweep.main(["vit_b32", "--methods", "DPA,MicroCLIP", "--data-root", str(tmp_path), "--dataset-overrides",
                        official, "--dry-run"], log=out.append) == 2
+
+
+def test_plan_arithmetic_on_a_hand_made_job_list(tmp_path):
+    from clipkit.plan import RunEstimate, format_plan, load_throughput
+
+    path = tmp_path / "throughput.json"
+    path.write_text('{"DPA": {"vit_b32": 100.0}}')
+    assert load_throughput(str(path)) == {"DPA": {"vit_b32": 100.0}}
+    runs = [RunEstimate("DPA", "dtd", seed, 3760, 15, 3760, 100.0) for seed in (1, 2)]
+    runs.append(RunEstimate("UPL", "dtd", 1, 3760, 50, 752, None))
+    runs.append(RunEstimate("ZeroshotCLIP", "dtd", 1, 3760, 0, 0, None))
+    assert runs[0].images == 15 * 3760 and abs(runs[0].gpu_hours - 15 * 3760 / 100.0 / 3600) < 1e-12
+    assert runs[2].gpu_hours is None and runs[3].gpu_hours == 0.0
+    text = format_plan(runs, "vit_b32", str(path))
+    assert "| DPA | dtd | 2 | 3,760 | 15 | 3,760 | 112,800 | 100 | 0.31 |" in text
+    assert "| UPL | dtd | 1 | 3,760 | 50 | 752 | 37,600 | n/a | n/a |" in text
+    assert "4 runs to do on vit_b32: 150,400 images through the training step; 0.31 GPU hours + 1 runs without" in text
+
+
+def test_plan_never_starts_a_job_and_uses_each_methods_epoch_rule(tmp_path):
+    from clipkit import sweep
+
+    out = []
+    code = sweep.main(["vit_b32", "--plan", "--methods", "ReCLIP,POUF,UPL", "--datasets", "sun397,dtd", "--seeds", "1",
+                       "--data-root", str(tmp_path), "--output-root", str(tmp_path / "out")], log=out.append)
+    assert code == 0 and not (tmp_path / "out").exists()
+    text = "\n".join(out)
+    assert "| ReCLIP | sun397 | 1 | 76,129 | 17 |" in text  # min(100, 76129 // 5000 + 2)
+    assert "| POUF | dtd | 1 | 3,760 | 10 | 48,000 |" in text  # 500 iterations x batch 96 per epoch
+    assert "| UPL | dtd | 1 | 3,760 | 50 | 752 |" in text  # 16 per class x 47 classes
