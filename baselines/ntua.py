@@ -161,10 +161,12 @@ class NtUA(TrainingFreeTrainer):
 
     @classmethod
     def planned_training(cls, cfg, num_train: int, num_classes: int):
-        """Encoder work: AUGMENT_EPOCHS augmented views of the K x C cached shots, once (the key tuning itself runs on
-        cached features); counted as one epoch of that many images."""
+        """Fine-tuned mode: OPTIM.MAX_EPOCH epochs of key tuning over the K x C shots' cached views (the encoder pass
+        that caches AUGMENT_EPOCHS views per shot is a cache build, not a training step); none when training-free."""
         node = cfg.TRAINER.NTUA
-        return 1, node.AUGMENT_EPOCHS * min(num_train, node.SHOTS * num_classes)
+        if node.MODE == "training_free":
+            return 0, 0
+        return int(cfg.OPTIM.MAX_EPOCH), min(num_train, node.SHOTS * num_classes)
 
     def check_cfg(self, cfg):
         super().check_cfg(cfg)

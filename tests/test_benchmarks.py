@@ -23,3 +23,26 @@ def test_benchmark_prints_its_table(script, expected):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for line in expected:
         assert line in proc.stdout, (line, proc.stdout)
+
+
+def test_train_step_benchmark_covers_every_trainer_and_feeds_the_planner(tmp_path):
+    throughput = tmp_path / "tiny.json"
+    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "bench_train_step.py"), "--trainer", "all", "--backbone",
+           "tiny", "--batch-size", "8", "--steps", "1", "--warmup", "0", "--device", "cpu", "--threads", "1",
+           "--json", str(throughput)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trained = ["DPA", "LaFTer", "MicroCLIP", "NtUA", "POUF", "ReCLIP", "UPL"]
+    for method in trained + ["ZeroshotCLIP", "CuPL", "WCA"]:
+        assert f"| {method} |" in proc.stdout, method
+    import json
+
+    rates = json.loads(throughput.read_text())
+    assert sorted(rates) == trained and all(rates[m]["tiny"] > 0 for m in trained)
+    from clipkit import sweep
+
+    out = []
+    assert sweep.main(["tiny", "--plan", "--throughput", str(throughput), "--output-root", str(tmp_path / "out")],
+                      log=out.append) == 0
+    assert "without a measured throughput" not in "\n".join(out)  # every trained method has its measured rate
