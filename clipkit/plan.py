@@ -3,7 +3,7 @@
 For every run still to do (the sweep's own job list and skip rule), the images that pass through the training step:
 ``epochs x images per epoch``, both from the method's resolved config and its ``planned_training`` hook (default:
 OPTIM.MAX_EPOCH passes over the train split; POUF's fixed-length epochs, UPL's top-K subset, ReCLIP's epoch rule and
-NtUA's cached views are the methods' own), with the train-split sizes of microCLIP's Table 10. With a throughput file
+NtUA's key-tuning epochs over its K x C shots are the methods' own), with the train-split sizes of microCLIP's Table 10. With a throughput file
 (JSON ``{"<Method>": {"<backbone>": images_per_second}}``, the "training throughput" that ``benchmarks/bench_*.py``
 print on the target GPU) each run gets GPU hours = images / throughput; without one the hours are left open, since
 CPU figures say nothing about a GPU. Not counted: test passes, feature-cache builds, loader stalls, start-up.
