@@ -39,7 +39,7 @@ from clipkit.blocks.losses import (
 from clipkit.blocks.patch_tap import encode_image_normalized
 from clipkit.blocks.prototypes import FeatureMemoryBank
 from clipkit.blocks.pseudo_labels import MarginalQueue, distribution_alignment, mix_probabilities, ranking_weights
-from clipkit.blocks.schedule import PRECISIONS, autocast_context, per_iteration_cosine_scheduler
+from clipkit.blocks.schedule import PRECISIONS, autocast_context, optimizer_update, per_iteration_cosine_scheduler
 from clipkit.blocks.text_classifier import classifier_from_templates, description_embeddings, mean_classifier
 from clipkit.blocks.trainable import (
     TrainedStateMixin,
@@ -297,14 +297,7 @@ class DPA(CLIPTrainer):
         with self.autocast():
             out = training_step_loss(self.model, self.node, weak, strong)
         self.model.memory.write(batch["index"], out.pseudo.features, out.pseudo.labels)
-        self.optim.zero_grad(set_to_none=True)
-        if self.scaler is None:
-            out.loss.backward()
-            self.optim.step()
-        else:
-            self.scaler.scale(out.loss).backward()
-            self.scaler.step(self.optim)
-            self.scaler.update()
+        optimizer_update(out.loss, self.optim, self.scaler)
         self.update_lr()  # per-iteration cosine
         # the ground truth enters nothing but the logged pseudo-label accuracy
         true_labels = batch["label"].to(self.device)

@@ -22,7 +22,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from benchmarks.bench_microclip import build_visual, step_benchmark_parser, synchronize  # noqa: E402
+from benchmarks.bench_microclip import build_visual, step_benchmark_parser, synchronize, time_steps  # noqa: E402
 
 
 def dpa_node(precision: str):
@@ -43,7 +43,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     import baselines.dpa as dpa
-    from clipkit.blocks.schedule import autocast_context
+    from clipkit.blocks.schedule import autocast_context, optimizer_update
     from clipkit.blocks.trainable import enable_layernorm_affines, trainable_named_parameters, weight_decay_groups
     from clipkit.trainer_base import peak_memory_mb
 
@@ -73,25 +73,9 @@ def main(argv=None):
         with autocast_context(device, args.amp):
             out = dpa.training_step_loss(model, node, weak, strong)
         model.memory.write(indices, out.pseudo.features, out.pseudo.labels)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            out.loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(out.loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        optimizer_update(out.loss, optimizer, scaler)
 
-    for _ in range(args.warmup):
-        step()
-    synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    synchronize(device)
-    step_time = (time.perf_counter() - start) / args.steps
+    step_time = time_steps(step, args.warmup, args.steps, device)
 
     model.memory.labels.random_(0, args.classes, generator=None)
     synchronize(device)

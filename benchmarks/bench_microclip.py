@@ -74,6 +74,20 @@ def step_benchmark_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def time_steps(step, warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds per call of ``step()`` over ``steps`` calls after ``warmup`` untimed ones (peak memory reset between)."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -87,6 +101,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     import trainers.microclip as mc
+    from clipkit.blocks.schedule import optimizer_update
 
     device = torch.device(args.device)
     cfg = microclip_node(args.crops, args.amp)
@@ -115,25 +130,9 @@ def main(argv=None):
         with mc.autocast_context(device, args.amp):
             out = mc.training_step_loss(model, node, plan, weak, strong, crops, marginal)
         marginal = out.marginal
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            out.loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(out.loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        optimizer_update(out.loss, optimizer, scaler)
 
-    for _ in range(args.warmup):
-        step()
-    synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    synchronize(device)
-    step_time = (time.perf_counter() - start) / args.steps
+    step_time = time_steps(step, args.warmup, args.steps, device)
 
     # instrumented pass: time every NCut call between device synchronisations
     ncut_seconds = [0.0]

@@ -12,7 +12,6 @@ CPU figures say nothing about a GPU. Not counted: test passes, feature-cache bui
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -94,7 +93,7 @@ def format_plan(estimates: Sequence[RunEstimate], backbone: str, throughput_file
     rows: Dict[tuple, List[RunEstimate]] = {}
     for estimate in estimates:
         rows.setdefault((estimate.method, estimate.dataset), []).append(estimate)
-    lines = [f"| method | dataset | runs left | train images | epochs | images / epoch | images | images/s | GPU h |",
+    lines = ["| method | dataset | runs left | train images | epochs | images / epoch | images | images/s | GPU h |",
              "|---|---|---|---|---|---|---|---|---|"]
     total_images, total_hours, unknown = 0, 0.0, 0
     for (method, dataset), runs in rows.items():

@@ -34,7 +34,7 @@ from clipkit.blocks.ncut import (
 )
 from clipkit.blocks.patch_tap import encode_image_normalized, encode_image_tapped, vision_width
 from clipkit.blocks.pseudo_labels import dynamic_knowledge_aggregation
-from clipkit.blocks.schedule import PRECISIONS, autocast_context, per_iteration_cosine_scheduler
+from clipkit.blocks.schedule import PRECISIONS, autocast_context, optimizer_update, per_iteration_cosine_scheduler
 from clipkit.blocks.soap import FG_TOKEN_MODES, QUERY_MODES, SINK_MODES, SaliencyAttentionPool, project_fg_token
 from clipkit.blocks.text_classifier import (
     classifier_from_templates,
@@ -508,14 +508,7 @@ class MicroCLIP(CLIPTrainer):
 
     def optimizer_step(self, loss: torch.Tensor) -> None:
         """Plain backward + AdamW step (no anomaly detection, no create_graph); GradScaler under fp16."""
-        self.optim.zero_grad(set_to_none=True)
-        if self.scaler is None:
-            loss.backward()
-            self.optim.step()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optim)
-            self.scaler.update()
+        optimizer_update(loss, self.optim, self.scaler)
 
     # ------------------------------------------------------------------------------------------ epoch metrics
     def _reset_epoch_state(self):

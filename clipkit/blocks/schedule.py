@@ -24,6 +24,18 @@ def per_iteration_cosine_scheduler(optim: torch.optim.Optimizer, total_steps: in
     )
 
 
+def optimizer_update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler=None) -> None:
+    """One update: zero the gradients, backward, step; through the ``torch.amp.GradScaler`` when given (fp16)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+
 def autocast_context(device: torch.device, precision: str):
     """``torch.autocast`` for "bf16" / "fp16" on ``device``; a no-op for "fp32"."""
     if precision not in PRECISIONS:
@@ -32,4 +44,5 @@ def autocast_context(device: torch.device, precision: str):
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
-__all__ = ["PRECISIONS", "autocast_context", "per_iteration_cosine", "per_iteration_cosine_scheduler"]
+__all__ = ["PRECISIONS", "autocast_context", "optimizer_update", "per_iteration_cosine",
+           "per_iteration_cosine_scheduler"]
