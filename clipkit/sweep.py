@@ -436,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --methods DPA and its own --output-root)")
     parser.add_argument("--no-figures", action="store_true", help="tiny: skip the figures drawn at the end")
     parser.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
+    from . import slurm
+
+    slurm.add_arguments(parser)
     return parser
 
 
@@ -536,6 +539,10 @@ def sweep(args: argparse.Namespace, log=print) -> int:
         return 0
     if args.backbone == TINY and TINY in datasets and plan.jobs:
         prepare_tiny_benchmark(python, data_root, env, log)
+    if args.slurm:  # the same jobs as one Slurm job array (clipkit/slurm.py)
+        from . import slurm
+
+        return slurm.submit(plan, args, output_root, python, env, log)
     gpus = split_list(args.gpus)
     if gpus and plan.jobs:
         warn_if_no_cuda(gpus, log)
