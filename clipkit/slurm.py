@@ -40,7 +40,8 @@ SCRIPT_FILE = "array.sh"
 PREEMPT_SIGNAL = "USR1"  # sent to the batch step (B:) before the time limit; the task requeues itself
 DEFAULT_SIGNAL_S = 120  # seconds before the time limit at which Slurm sends PREEMPT_SIGNAL
 POLL_MAX_S = 30.0  # --wait: longest pause between two squeue polls
-POLL_NOTE_S = 300.0  # --wait: how often a progress line is printed
+POLL_NOTE_S = 300.0
+EMPTY_POLLS = 2  # --wait: the array is done when this many polls in a row list none of its tasks  # --wait: how often a progress line is printed
 REQUEUE_EXIT = 0  # exit status of a task that requeued itself (the array is not marked failed for it)
 
 
@@ -132,13 +133,19 @@ def submit(plan: sweep_mod.Plan, args: argparse.Namespace, output_root: str, pyt
 def wait_for(job_id: str, log=print, poll_max_s: float = POLL_MAX_S) -> None:
     """Block until ``squeue`` no longer lists the array (requeued tasks included). Polls every second at first,
     backing off to ``poll_max_s``; ``sbatch --wait`` would back off to 32 s and exit at a requeue."""
-    started, last_note = time.time(), 0.0
+    started, last_note, empty = time.time(), 0.0, 0
     while True:
         listing = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i %T"], capture_output=True, text=True)
         if listing.returncode != 0 and "Invalid job id" not in listing.stderr:
             log(f"slurm: squeue failed ({listing.stderr.strip()}); retrying")
-        elif not listing.stdout.strip():
-            return
+        elif listing.stdout.strip():
+            empty = 0
+        else:
+            empty += 1
+            if empty >= EMPTY_POLLS:  # twice in a row: a task being requeued can drop out of one listing
+                return
+            time.sleep(1.0)
+            continue
         elapsed = time.time() - started
         if elapsed - last_note >= POLL_NOTE_S:
             last_note = elapsed

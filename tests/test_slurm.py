@@ -63,14 +63,13 @@ FAKE_TRAIN = textwrap.dedent(
     if args.trainer == "CuPL":
         sys.stderr.write("Traceback (most recent call last):\\nValueError: DATASET.ROOT /nope has no images\\n")
         sys.exit(1)
-    ckpt = os.path.join(args.output_dir, "ckpt")
-    start = int(open(ckpt).read()) if os.path.exists(ckpt) else 0
-    for epoch in range(start + 1, int(os.environ.get("FAKE_EPOCHS", "1")) + 1):
+    ckpt = os.path.join(args.output_dir, "ckpt.json")  # the epochs done: [[epoch, SLURM_RESTART_COUNT], ...]
+    records = json.load(open(ckpt)) if os.path.exists(ckpt) else []
+    for epoch in range(len(records) + 1, int(os.environ.get("FAKE_EPOCHS", "1")) + 1):
         time.sleep(float(os.environ.get("FAKE_EPOCH_S", "0")))
-        with open(os.path.join(args.output_dir, "epochs.txt"), "a") as handle:
-            handle.write(f"{epoch} {os.environ.get('SLURM_RESTART_COUNT', '0')}\\n")
-        with open(ckpt + ".tmp", "w") as handle:
-            handle.write(str(epoch))
+        records.append([epoch, os.environ.get("SLURM_RESTART_COUNT", "0")])
+        with open(ckpt + ".tmp", "w") as handle:  # atomic, like the engine's checkpoints
+            json.dump(records, handle)
         os.replace(ckpt + ".tmp", ckpt)
     with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
         json.dump({"accuracy_last": 50.0 + int(args.seed), "accuracy_best": 60.0, "epochs": []}, handle)
@@ -185,7 +184,7 @@ def test_cancelled_task_resubmitted_and_failing_task_reported(slurm_cluster, fak
     code, lines = _sweep(configs, train, out, "ZeroshotCLIP,CuPL", "1,2")
     assert code == 0
     job_id = _job_id(lines)  # tasks: 0 Zero seed1, 1 Zero seed2, 2 CuPL seed1, 3 CuPL seed2
-    epochs = _run(out, "ZeroshotCLIP", 1) / "epochs.txt"
+    epochs = _run(out, "ZeroshotCLIP", 1) / "ckpt.json"
     _wait_until(lambda: epochs.exists(), what="task 0 to train an epoch")
     subprocess.run(["scancel", f"{job_id}_0"], check=True)
     slurm.wait_for(job_id, log=lambda *_: None)
@@ -194,15 +193,14 @@ def test_cancelled_task_resubmitted_and_failing_task_reported(slurm_cluster, fak
     assert (_run(out, "ZeroshotCLIP", 2) / "results.json").exists()
     report = (_run(out, "CuPL", 1) / "failed.txt").read_text()
     assert "exit code: 1" in report and "error: ValueError: DATASET.ROOT /nope has no images" in report
-    done = len(epochs.read_text().splitlines())
-    assert 1 <= done < 6
+    assert 1 <= len(json.loads(epochs.read_text())) < 6
 
     # re-submission: only the cancelled and the failed runs; the cancelled one resumes after its last epoch
     capsys.readouterr()
     code, lines = _sweep(configs, train, out, "ZeroshotCLIP,CuPL", "1,2", "--wait")
     assert code == 1
     assert "1 finished (skipped), 3 to run" in lines[0]
-    assert [int(line.split()[0]) for line in epochs.read_text().splitlines()] == list(range(1, 7))
+    assert [epoch for epoch, _ in json.loads(epochs.read_text())] == list(range(1, 7))
     assert (cancelled / "results.json").exists()
     assert "slurm sweep vit_b32 finished: 1 ok, 2 failed or unfinished" in lines
     assert any(line.strip().startswith("CuPL/dtd/seed2: FAILED: ValueError: DATASET.ROOT /nope") for line in lines)
@@ -217,19 +215,22 @@ def test_preempted_task_requeues_and_resumes(slurm_cluster, fake_setup, monkeypa
     code, lines = _sweep(configs, train, out, "ZeroshotCLIP", "1")
     assert code == 0
     job_id = _job_id(lines)
-    epochs = _run(out, "ZeroshotCLIP", 1) / "epochs.txt"
+    epochs = _run(out, "ZeroshotCLIP", 1) / "ckpt.json"
     _wait_until(lambda: epochs.exists(), what="the task to train an epoch")
     # what Slurm sends --signal-before seconds before the time limit (--signal=B:USR1@N)
     subprocess.run(["scancel", "--signal=USR1", "--batch", f"{job_id}_0"], check=True)
     _wait_until(lambda: any(row[1] == "PENDING" for row in _squeue(job_id)), what="the task to requeue itself")
-    # Slurm holds a requeued job for 120 s (BeginTime); the test does not wait for that
-    subprocess.run(["scontrol", "update", f"JobId={job_id}_0", "StartTime=now"], check=True)
-    slurm.wait_for(job_id, log=lambda *_: None)
-    records = [line.split() for line in epochs.read_text().splitlines()]
-    assert [int(epoch) for epoch, _ in records] == list(range(1, 7))  # every epoch once: resumed, not restarted
-    assert records[0][1] == "0" and records[-1][1] == "1"  # the last epochs ran in the requeued task
+    # Slurm holds a requeued job for 120 s (BeginTime); the test shortens that to 2 s (within the second of the
+    # requeue the old job credential is still revoked: "Killing non-startable batch job: Job credential revoked")
+    subprocess.run(["scontrol", "update", f"JobId={job_id}_0", "StartTime=now+2"], check=True)
     run = _run(out, "ZeroshotCLIP", 1)
+    _wait_until(lambda: (run / "results.json").exists() or not _squeue(job_id), timeout=60, what="the requeued task")
+    slurm.wait_for(job_id, log=lambda *_: None)
+    task_log = "".join(path.read_text() for path in (out / ".slurm").glob("*/task-*_0.out"))
+    records = json.loads(epochs.read_text())
+    ctld = subprocess.run(["grep", f"JobId={job_id}", "/tmp/clipkit-slurm/log/slurmctld.log"], capture_output=True,
+                          text=True).stdout
+    assert [epoch for epoch, _ in records] == list(range(1, 7)), task_log + ctld  # every epoch once: resumed
+    assert records[0][1] == "0" and records[-1][1] == "1"  # the last epochs ran in the requeued task
     assert (run / "results.json").exists() and not (run / "failed.txt").exists()
-    log = next((out / ".slurm").iterdir())
-    task_log = next(log.glob("task-*_0.out")).read_text()
     assert "stopped before the time limit" in task_log and "(restart 1)" in task_log
