@@ -47,7 +47,7 @@ REQUEUE_EXIT = 0  # exit status of a task that requeued itself (the array is not
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Slurm (--slurm: submit the jobs as one sbatch job array instead of running "
-                                      "them here; docs/running_sweeps.md#slurm)")
+                                      "them here; docs/running_sweeps.md#on-a-slurm-cluster)")
     group.add_argument("--slurm", action="store_true", help="submit the unfinished jobs as one Slurm job array")
     group.add_argument("--partition", help="sbatch --partition")
     group.add_argument("--account", help="sbatch --account")
