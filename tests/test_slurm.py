@@ -139,6 +139,17 @@ def test_array_script_options():
     assert script.rstrip().endswith('exec /venv/bin/python -m clipkit.slurm task /o/jobs.json "$SLURM_ARRAY_TASK_ID"')
 
 
+def test_without_sbatch_the_error_says_so(fake_setup, monkeypatch, tmp_path, capsys):
+    """Needs no Slurm: the submission files are written, and a missing sbatch is a clear error (exit 2)."""
+    configs, train, out = fake_setup
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    code, lines = _sweep(configs, train, out, "ZeroshotCLIP", "1")
+    assert code == 2 and "--slurm: cannot run sbatch" in capsys.readouterr().err
+    (submission,) = (out / ".slurm").iterdir()
+    assert [job["method"] for job in json.loads((submission / "jobs.json").read_text())] == ["ZeroshotCLIP"]
+    assert "#SBATCH --array=0-0\n" in (submission / "array.sh").read_text()
+
+
 def _tiny_configs(root, clip):
     """configs/ with the tiny benchmark as dataset DATASET and ZeroshotCLIP / CuPL's tiny configs on ``clip``."""
     (root / "datasets").mkdir(parents=True)
