@@ -440,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--throughput", help="--plan: JSON {\"<Method>\": {\"<backbone>\": images_per_second}} "
                         "measured on the target GPU with benchmarks/bench_*.py")
     parser.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
+    from . import slurm
+
+    slurm.add_arguments(parser)
     return parser
 
 
@@ -549,6 +552,10 @@ def sweep(args: argparse.Namespace, log=print) -> int:
         return 0
     if args.backbone == TINY and TINY in datasets and plan.jobs:
         prepare_tiny_benchmark(python, data_root, env, log)
+    if args.slurm:  # the same jobs as one Slurm job array (clipkit/slurm.py)
+        from . import slurm
+
+        return slurm.submit(plan, args, output_root, python, env, log)
     gpus = split_list(args.gpus)
     if gpus and plan.jobs:
         warn_if_no_cuda(gpus, log)

@@ -1,0 +1,247 @@
+"""``run_all.sh --slurm`` against a real one-node Slurm (scripts/slurm_local.sh): a tiny-benchmark array equals the
+local sweep, a cancelled task and a re-submission, a failing task, and pre-emption (USR1 -> checkpoint -> requeue).
+
+The module fixture installs ``slurm-wlm munge`` with apt-get when missing and starts munged, slurmctld and slurmd on
+localhost; it stops the daemons (by PID) afterwards if it started them. Without root, or when the packages cannot be
+installed, every test here is skipped with the reason."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import output_parser
+from clipkit import slurm, sweep
+from clipkit.tinybench import generate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOCAL = os.path.join(REPO, "scripts", "slurm_local.sh")
+SMALL = generate.BenchmarkConfig(train_per_class=3, test_per_class=2)  # as tests/test_upl_trainer.py
+DATASET = "tinysmall"  # the tiny benchmark under another key: no tinybench.prepare (no CLIP pretraining) in tests
+
+
+def _local(command, timeout=300):
+    return subprocess.run(["bash", LOCAL, command], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """A running one-node Slurm (started here, and stopped afterwards, unless it was already up)."""
+    if os.geteuid() != 0:
+        pytest.skip("the Slurm tests need root (apt-get install slurm-wlm munge, and the daemons run as root)")
+    if not shutil.which("slurmctld") and not shutil.which("apt-get"):
+        pytest.skip("Slurm is not installed and there is no apt-get to install slurm-wlm munge")
+    already = "slurmctld: running" in _local("status").stdout
+    if not already:
+        started = _local("start")
+        if started.returncode != 0:
+            pytest.skip(f"could not install or start Slurm: {(started.stderr or started.stdout).strip()[-400:]}")
+    yield
+    if not already:
+        stopped = _local("stop")
+        assert stopped.returncode == 0, stopped.stderr
+
+
+# ------------------------------------------------------------------------------------------------ stand-in train.py
+
+# "epochs" of EPOCH_S seconds with a checkpoint file after each; a restart resumes from it (like the engine's exact
+# resume). CuPL crashes like Python does. Each epoch line records SLURM_RESTART_COUNT.
+FAKE_TRAIN = textwrap.dedent(
+    """
+    import argparse, json, os, sys, time
+    parser = argparse.ArgumentParser()
+    for flag in ("--root", "--seed", "--trainer", "--dataset-config-file", "--config-file", "--output-dir"):
+        parser.add_argument(flag)
+    parser.add_argument("--eval-only", action="store_true")
+    parser.add_argument("opts", nargs="*")
+    args = parser.parse_args()
+    if args.trainer == "CuPL":
+        sys.stderr.write("Traceback (most recent call last):\\nValueError: DATASET.ROOT /nope has no images\\n")
+        sys.exit(1)
+    ckpt = os.path.join(args.output_dir, "ckpt.json")  # the epochs done: [[epoch, SLURM_RESTART_COUNT], ...]
+    records = json.load(open(ckpt)) if os.path.exists(ckpt) else []
+    for epoch in range(len(records) + 1, int(os.environ.get("FAKE_EPOCHS", "1")) + 1):
+        time.sleep(float(os.environ.get("FAKE_EPOCH_S", "0")))
+        records.append([epoch, os.environ.get("SLURM_RESTART_COUNT", "0")])
+        with open(ckpt + ".tmp", "w") as handle:  # atomic, like the engine's checkpoints
+            json.dump(records, handle)
+        os.replace(ckpt + ".tmp", ckpt)
+    with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
+        json.dump({"accuracy_last": 50.0 + int(args.seed), "accuracy_best": 60.0, "epochs": []}, handle)
+    """
+)
+
+
+@pytest.fixture
+def fake_setup(tmp_path):
+    configs = tmp_path / "configs"
+    (configs / "datasets").mkdir(parents=True)
+    (configs / "datasets" / "dtd.yaml").write_text("")
+    for method in ("ZeroshotCLIP", "CuPL"):
+        (configs / "trainers" / method).mkdir(parents=True)
+        (configs / "trainers" / method / "vit_b32.yaml").write_text("")
+    train = tmp_path / "fake_train.py"
+    train.write_text(FAKE_TRAIN)
+    return str(configs), str(train), tmp_path / "out"
+
+
+def _sweep(configs, train, out, methods, seeds, *extra):
+    """The sweep in-process (torch is imported once per test session); returns (exit code, logged lines)."""
+    lines = []
+    code = sweep.main(["vit_b32", "--methods", methods, "--datasets", "dtd", "--seeds", seeds, "--data-root", "/data",
+                       "--configs-root", configs, "--train-script", train, "--output-root", str(out), "--slurm",
+                       *extra], log=lines.append)
+    return code, lines
+
+
+def _job_id(lines):
+    line = next(line for line in lines if line.startswith("slurm: submitted job array "))
+    return line.split()[4]
+
+
+def _squeue(job_id):
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i %T %r"], capture_output=True, text=True).stdout
+    return [line.split() for line in out.splitlines()]
+
+
+def _wait_until(predicate, timeout=60.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _run(out, method, seed):
+    return out / "vit_b32" / "dtd" / method / f"seed{seed}"
+
+
+# ------------------------------------------------------------------------------------------------------------ tests
+
+
+def test_array_script_options():
+    import argparse
+
+    args = argparse.Namespace(max_parallel=4, signal_before=300, partition="gpu", account=None, gres="gpu:1",
+                              time="4:00:00", mem="32G", cpus_per_task=8, extra_sbatch="--qos=high --constraint=a100")
+    options = slurm.sbatch_options(args, 10, "/o/.slurm/x", "clipkit-vit_b32")
+    assert options == ["--job-name=clipkit-vit_b32", "--array=0-9%4", "--output=/o/.slurm/x/task-%A_%a.out",
+                       "--signal=B:USR1@300", "--requeue", "--open-mode=append", "--partition=gpu", "--gres=gpu:1",
+                       "--time=4:00:00", "--mem=32G", "--cpus-per-task=8", "--qos=high", "--constraint=a100"]
+    script = slurm.array_script(options, "/venv/bin/python", "/o/jobs.json", {"CLIPKIT_CACHE": "/c d"})
+    assert "#SBATCH --array=0-9%4\n" in script and "export CLIPKIT_CACHE='/c d'\n" in script
+    assert script.rstrip().endswith('exec /venv/bin/python -m clipkit.slurm task /o/jobs.json "$SLURM_ARRAY_TASK_ID"')
+
+
+def test_without_sbatch_the_error_says_so(fake_setup, monkeypatch, tmp_path, capsys):
+    """Needs no Slurm: the submission files are written, and a missing sbatch is a clear error (exit 2)."""
+    configs, train, out = fake_setup
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    code, lines = _sweep(configs, train, out, "ZeroshotCLIP", "1")
+    assert code == 2 and "--slurm: cannot run sbatch" in capsys.readouterr().err
+    (submission,) = (out / ".slurm").iterdir()
+    assert [job["method"] for job in json.loads((submission / "jobs.json").read_text())] == ["ZeroshotCLIP"]
+    assert "#SBATCH --array=0-0\n" in (submission / "array.sh").read_text()
+
+
+def _tiny_configs(root, clip):
+    """configs/ with the tiny benchmark as dataset DATASET and ZeroshotCLIP / CuPL's tiny configs on ``clip``."""
+    (root / "datasets").mkdir(parents=True)
+    shutil.copy(os.path.join(REPO, "configs", "datasets", "tiny.yaml"), root / "datasets" / f"{DATASET}.yaml")
+    for method in ("ZeroshotCLIP", "CuPL"):
+        (root / "trainers" / method).mkdir(parents=True)
+        with open(os.path.join(REPO, "configs", "trainers", method, "tiny.yaml")) as handle:
+            text = handle.read().replace('"tiny-clip-bench"', json.dumps(clip)).replace("NUM_WORKERS: 2",
+                                                                                        "NUM_WORKERS: 0")
+        (root / "trainers" / method / "tiny.yaml").write_text(text)
+    return str(root)
+
+
+def test_tiny_sweep_on_slurm_equals_the_local_sweep(slurm_cluster, tiny_clip_path, tmp_path, capsys):
+    data = tmp_path / "data"
+    generate.generate_dataset(str(data), SMALL, log=None)
+    configs = _tiny_configs(tmp_path / "configs", tiny_clip_path)
+    common = ["tiny", "--methods", "ZeroshotCLIP,CuPL", "--datasets", DATASET, "--seeds", "1", "--data-root",
+              str(data), "--configs-root", configs, "--no-figures"]
+    assert sweep.main(common + ["--output-root", str(tmp_path / "local")], log=lambda *_: None) == 0
+    local_table = capsys.readouterr().out
+    lines = []
+    assert sweep.main(common + ["--output-root", str(tmp_path / "slurm"), "--slurm", "--wait"], log=lines.append) == 0
+    slurm_table = capsys.readouterr().out
+    assert "slurm sweep tiny finished: 2 ok, 0 failed or unfinished" in lines[-1]
+    assert any(line.strip().startswith("watch:  squeue -j ") for line in lines)
+    assert slurm_table == local_table and "| CuPL" in slurm_table  # the same table ...
+    for method in ("ZeroshotCLIP", "CuPL"):  # ... from the same numbers in the same layout
+        local, remote = (json.loads((tmp_path / root / "tiny" / DATASET / method / "seed1" / "results.json")
+                                    .read_text()) for root in ("local", "slurm"))
+        assert remote["accuracy_last"] == local["accuracy_last"] and remote["num_test"] == local["num_test"] == 40
+    # a re-submission submits nothing
+    again = []
+    assert sweep.main(common + ["--output-root", str(tmp_path / "slurm"), "--slurm", "--wait"], log=again.append) == 0
+    assert "1 finished" not in again[0] and "2 finished (skipped), 0 to run" in again[0]
+    assert any("nothing to submit" in line for line in again)
+
+
+def test_cancelled_task_resubmitted_and_failing_task_reported(slurm_cluster, fake_setup, monkeypatch, capsys):
+    configs, train, out = fake_setup
+    monkeypatch.setenv("FAKE_EPOCHS", "6")
+    monkeypatch.setenv("FAKE_EPOCH_S", "0.5")
+    code, lines = _sweep(configs, train, out, "ZeroshotCLIP,CuPL", "1,2")
+    assert code == 0
+    job_id = _job_id(lines)  # tasks: 0 Zero seed1, 1 Zero seed2, 2 CuPL seed1, 3 CuPL seed2
+    epochs = _run(out, "ZeroshotCLIP", 1) / "ckpt.json"
+    _wait_until(lambda: epochs.exists(), what="task 0 to train an epoch")
+    subprocess.run(["scancel", f"{job_id}_0"], check=True)
+    slurm.wait_for(job_id, log=lambda *_: None)
+    cancelled = _run(out, "ZeroshotCLIP", 1)
+    assert not (cancelled / "results.json").exists() and not (cancelled / "failed.txt").exists()
+    assert (_run(out, "ZeroshotCLIP", 2) / "results.json").exists()
+    report = (_run(out, "CuPL", 1) / "failed.txt").read_text()
+    assert "exit code: 1" in report and "error: ValueError: DATASET.ROOT /nope has no images" in report
+    assert 1 <= len(json.loads(epochs.read_text())) < 6
+
+    # re-submission: only the cancelled and the failed runs; the cancelled one resumes after its last epoch
+    capsys.readouterr()
+    code, lines = _sweep(configs, train, out, "ZeroshotCLIP,CuPL", "1,2", "--wait")
+    assert code == 1
+    assert "1 finished (skipped), 3 to run" in lines[0]
+    assert [epoch for epoch, _ in json.loads(epochs.read_text())] == list(range(1, 7))
+    assert (cancelled / "results.json").exists()
+    assert "slurm sweep vit_b32 finished: 1 ok, 2 failed or unfinished" in lines
+    assert any(line.strip().startswith("CuPL/dtd/seed2: FAILED: ValueError: DATASET.ROOT /nope") for line in lines)
+    table = capsys.readouterr().out
+    assert "fail" in table and "51.50" in table  # output_parser: CLIP mean of seeds 1, 2; CuPL failed
+
+
+def test_preempted_task_requeues_and_resumes(slurm_cluster, fake_setup, monkeypatch):
+    configs, train, out = fake_setup
+    monkeypatch.setenv("FAKE_EPOCHS", "6")
+    monkeypatch.setenv("FAKE_EPOCH_S", "0.5")
+    code, lines = _sweep(configs, train, out, "ZeroshotCLIP", "1")
+    assert code == 0
+    job_id = _job_id(lines)
+    epochs = _run(out, "ZeroshotCLIP", 1) / "ckpt.json"
+    _wait_until(lambda: epochs.exists(), what="the task to train an epoch")
+    # what Slurm sends --signal-before seconds before the time limit (--signal=B:USR1@N)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", f"{job_id}_0"], check=True)
+    _wait_until(lambda: any(row[1] == "PENDING" for row in _squeue(job_id)), what="the task to requeue itself")
+    # Slurm holds a requeued job for 120 s (BeginTime); the test shortens that to 2 s (within the second of the
+    # requeue the old job credential is still revoked: "Killing non-startable batch job: Job credential revoked")
+    subprocess.run(["scontrol", "update", f"JobId={job_id}_0", "StartTime=now+2"], check=True)
+    run = _run(out, "ZeroshotCLIP", 1)
+    _wait_until(lambda: (run / "results.json").exists() or not _squeue(job_id), timeout=60, what="the requeued task")
+    slurm.wait_for(job_id, log=lambda *_: None)
+    task_log = "".join(path.read_text() for path in (out / ".slurm").glob("*/task-*_0.out"))
+    records = json.loads(epochs.read_text())
+    ctld = subprocess.run(["grep", f"JobId={job_id}", "/tmp/clipkit-slurm/log/slurmctld.log"], capture_output=True,
+                          text=True).stdout
+    assert [epoch for epoch, _ in records] == list(range(1, 7)), task_log + ctld  # every epoch once: resumed
+    assert records[0][1] == "0" and records[-1][1] == "1"  # the last epochs ran in the requeued task
+    assert (run / "results.json").exists() and not (run / "failed.txt").exists()
+    assert "stopped before the time limit" in task_log and "(restart 1)" in task_log
