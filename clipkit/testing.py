@@ -123,4 +123,17 @@ def assert_no_label_leak(make_trainer_fn: Callable[[str], object], workdir: str,
             )
 
 
-__all__ = ["assert_no_label_leak", "permuted_label_datums", "permuted_train_labels"]
+def assert_updated_exactly(model, trainable: Iterable[str], before: Dict[str, torch.Tensor]) -> None:
+    """After one training step: every parameter named in ``trainable`` got a non-zero gradient and changed from
+    ``before`` ({name: tensor} taken before the step); every other parameter got no gradient and is unchanged."""
+    trainable = set(trainable)
+    for name, param in model.named_parameters():
+        if name in trainable:
+            assert param.grad is not None and param.grad.abs().sum() > 0, f"{name} received no gradient"
+            assert not torch.equal(param, before[name]), f"{name} was not updated"
+        else:
+            assert param.grad is None, f"frozen parameter {name} received a gradient"
+            assert torch.equal(param, before[name]), f"frozen parameter {name} changed"
+
+
+__all__ = ["assert_no_label_leak", "assert_updated_exactly", "permuted_label_datums", "permuted_train_labels"]
