@@ -5,16 +5,22 @@ Prints, on the test split (top-1 %, chance 5%):
 * zero-shot of the [CLS] feature (template ensemble), and how unevenly it predicts the classes;
 * the same classifier on the value-path patch tokens: per token, mean-pooled, and pooled as microCLIP's [FG] branch
   pools them at initialisation (NCut mask + SOAP, official settings);
-* whether the tokens are local and the NCut masks object-centric: the per-token accuracy on background, body and mark
-  patches, which regions the NCut masks select, and the [FG] token with the true object or mark patches in place of
-  the NCut mask (region labels from re-rendering the test scenes);
+* whether the tokens are local and the NCut masks object-centric: the per-token accuracy on background, distractor
+  and object patches, which regions the NCut masks select, and the [FG] token with the true object patches in place
+  of the NCut mask (region labels from re-rendering the test scenes);
 * a linear probe of the frozen [CLS] features trained with the TRUE train labels (what the features separate);
 * an oracle LayerNorm + classifier tuning with the TRUE train labels, the parameters microCLIP tunes (what LN tuning
   can reach at all on this backbone).
 
 The oracles use labels that no unsupervised method sees: they bound what adaptation can gain, they are not results.
 
-    .venv/bin/python benchmarks/tiny_diagnostics.py [--checkpoint tiny-clip-bench] [--data-root DIR]
+Then it checks the benchmark's **properties** (issue 17; they describe the data and the backbone, not a method, and
+were fixed before any method ran on version 2): zero-shot between 30% and 70%; the object covers 15-40% of the patches
+on average; the [FG] token with the true object as its mask is at least as accurate as [CLS] (the class is on the
+object); the linear probe is at least 10 points above zero-shot (room to adapt). ``--check`` exits with status 1 when
+one fails.
+
+    .venv/bin/python benchmarks/tiny_diagnostics.py [--checkpoint tiny-clip-bench] [--data-root DIR] [--check]
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from clipkit.tinybench import default_data_root, register_checkpoint  # noqa: E4
 from clipkit.tinybench.evaluate import text_classifier  # noqa: E402
 from clipkit.tinybench.generate import dataset_dir, load_metadata, load_split_images  # noqa: E402
 from clipkit.tinybench.regions import (  # noqa: E402
-    BACKGROUND, MARK, REGION_NAMES, config_from_metadata, patch_regions, region_map, render_split,
+    OBJECT, REGION_NAMES, config_from_metadata, patch_regions, region_map, render_split,
 )
 from clipkit.tinybench.pretrain import to_model_input  # noqa: E402
 
@@ -45,6 +51,23 @@ LOGIT_SCALE = 100.0  # microCLIP's fixed logit scale, used by the oracle tuning'
 PROBE_STEPS = 1500  # full-batch Adam steps of the linear probe
 PROBE_LR = 1e-2
 PROBE_L2 = 1e-4  # weight decay of the linear probe (standardised features)
+# The benchmark's properties (issue 17, point 2): (name, measurement key, lower bound, upper bound); bounds on keys
+# "probe_gain" and "fg_object_gain" are differences to zero-shot in points.
+PROPERTIES = (
+    ("zero-shot [CLS] accuracy (%)", "zero_shot", 30.0, 70.0),
+    ("object share of the patches (%)", "object_patch_share", 15.0, 40.0),
+    ("[FG] with the true object mask minus [CLS] (points)", "fg_object_gain", 0.0, None),
+    ("linear probe (TRUE labels) minus zero-shot (points)", "probe_gain", 10.0, None),
+)
+
+
+def check_properties(measured: dict):
+    """[(name, value, lower, upper, holds)] of ``PROPERTIES`` on a dict of measurements."""
+    rows = []
+    for name, key, lower, upper in PROPERTIES:
+        value = measured[key]
+        rows.append((name, value, lower, upper, (lower is None or value >= lower) and (upper is None or value <= upper)))
+    return rows
 
 
 @torch.no_grad()
@@ -74,18 +97,19 @@ def token_regions(metadata: dict, images: np.ndarray, patch_size: int) -> torch.
 
 
 def by_region(values: torch.Tensor, regions: torch.Tensor) -> str:
-    """Mean of (N, n) ``values`` over the tokens of each region, as "background / body / mark" percentages."""
+    """Mean of (N, n) ``values`` over the tokens of each region, as "background / distractor / object" percentages."""
     return " / ".join(f"{100.0 * values[regions == k].float().mean():.1f}" for k in range(len(REGION_NAMES)))
 
 
-def linear_probe(train: torch.Tensor, train_labels: np.ndarray, test: torch.Tensor, test_labels: np.ndarray) -> float:
+def linear_probe(train: torch.Tensor, train_labels: np.ndarray, test: torch.Tensor, test_labels: np.ndarray,
+                 steps: int = PROBE_STEPS) -> float:
     """Multinomial logistic regression on standardised features, trained with the true labels; test accuracy."""
     mean, std = train.mean(0), train.std(0) + 1e-6
     weight = torch.zeros(train.shape[1], int(train_labels.max()) + 1, requires_grad=True)
     bias = torch.zeros(weight.shape[1], requires_grad=True)
     optimizer = torch.optim.Adam([weight, bias], lr=PROBE_LR)
     targets = torch.from_numpy(train_labels)
-    for _ in range(PROBE_STEPS):
+    for _ in range(steps):
         loss = F.cross_entropy((train - mean) / std @ weight + bias, targets) + PROBE_L2 * weight.pow(2).sum()
         optimizer.zero_grad()
         loss.backward()
@@ -124,6 +148,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data-root", default=default_data_root(), help="folder holding tiny_finegrained/")
     parser.add_argument("--oracle-steps", type=int, default=200, help="steps of the oracle LN tuning (0 = skip)")
     parser.add_argument("--oracle-lr", type=float, default=1e-3)
+    parser.add_argument("--probe-steps", type=int, default=PROBE_STEPS, help="full-batch steps of the linear probe")
+    parser.add_argument("--check", action="store_true", help="exit with status 1 when a benchmark property fails")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     register_checkpoint()
@@ -149,21 +175,28 @@ def main(argv=None) -> int:
 
     with torch.no_grad():
         mask = ncut_mask(test_tokens)
+    measured = {
+        "zero_shot": accuracy(test_cls @ classifier.t(), test_y),
+        "object_patch_share": float(100.0 * (regions == OBJECT).float().mean()),
+        "fg_object": accuracy(soap_fg_with(regions == OBJECT), test_y),
+        "linear_probe": linear_probe(train_cls, train_y, test_cls, test_y, args.probe_steps),
+    }
+    measured["fg_object_gain"] = measured["fg_object"] - measured["zero_shot"]
+    measured["probe_gain"] = measured["linear_probe"] - measured["zero_shot"]
     rows = [
-        ("zero-shot [CLS], template ensemble", accuracy(test_cls @ classifier.t(), test_y)),
+        ("zero-shot [CLS], template ensemble", measured["zero_shot"]),
         ("  predictions per class (50 true each): min / max", f"{counts.min()} / {counts.max()}"),
         ("value-path tokens, each token alone (mean over tokens)", float(100.0 * token_correct.float().mean())),
         ("value-path tokens, mean-pooled", accuracy(F.normalize(projected.mean(1), dim=-1) @ classifier.t(), test_y)),
         ("microCLIP [FG] at init (official NCut + SOAP)", accuracy(soap_fg_with(mask), test_y)),
         ("  NCut mask: mean fraction of tokens / share of full masks",
          f"{mask.float().mean():.2f} / {(mask.all(dim=1)).float().mean():.2f}"),
-        ("patch regions background / body / mark: % of all tokens",
+        ("patch regions background / distractor / object: % of all tokens",
          " / ".join(f"{100.0 * (regions == k).float().mean():.1f}" for k in range(len(REGION_NAMES)))),
         ("  each token alone: accuracy by region", by_region(token_correct, regions)),
         ("  NCut mask: % of each region's tokens selected", by_region(mask, regions)),
-        ("[FG] with the true object (body + mark) as NCut mask", accuracy(soap_fg_with(regions != BACKGROUND), test_y)),
-        ("[FG] with the true mark patches as NCut mask", accuracy(soap_fg_with(regions == MARK), test_y)),
-        ("linear probe on frozen [CLS] (TRUE labels)", linear_probe(train_cls, train_y, test_cls, test_y)),
+        ("[FG] with the true object patches as NCut mask", measured["fg_object"]),
+        ("linear probe on frozen [CLS] (TRUE labels)", measured["linear_probe"]),
     ]
     for name, value in rows:
         print(f"{name:58s} {value:.1f}" if isinstance(value, float) else f"{name:58s} {value}")
@@ -172,7 +205,13 @@ def main(argv=None) -> int:
                                         args.oracle_lr)
         print(f"{'oracle LN + classifier tuning (TRUE labels), lr ' + str(args.oracle_lr):58s} "
               + ", ".join(f"step {s}: {a:.1f}" for s, a in curve))
-    return 0
+    print("\nbenchmark properties (issue 17, fixed before any method ran):")
+    failed = 0
+    for name, value, lower, upper, holds in check_properties(measured):
+        bounds = f">= {lower:g}" if upper is None else f"in [{lower:g}, {upper:g}]"
+        print(f"  {name:54s} {value:6.1f}  {bounds:14s} {'holds' if holds else 'FAILS'}")
+        failed += not holds
+    return 1 if (args.check and failed) else 0
 
 
 if __name__ == "__main__":

@@ -72,45 +72,71 @@ def test_generation_skips_complete_folder_and_repairs_damaged_one(small_benchmar
     assert not [p for p in os.listdir(root) if ".tmp" in p]  # staging folder renamed away
 
 
-def test_class_is_a_small_local_detail():
-    """Same nuisance draws, different class: only the mark's few pixels change."""
-    domain = render.BENCHMARK_DOMAIN
-    a, scene_a = render.render(np.random.default_rng(7), domain, "red", "blue")
-    b, scene_b = render.render(np.random.default_rng(7), domain, "blue", "red")
-    assert scene_a.body_centre == scene_b.body_centre and scene_a.clutter == scene_b.clutter
-    changed = np.abs(a.astype(int) - b.astype(int)).max(axis=2) > 0
-    assert 0 < changed.mean() < 0.05
-    ys, xs = np.nonzero(changed)
-    centre = np.array(scene_a.mark_centre)
-    reach = np.hypot(xs + 0.5 - centre[0], ys + 0.5 - centre[1]).max()
-    assert reach < 2 * domain.mark_radius[1]
+RED_STRIPED_WHITE_HEAD = render.ObjectClass("stripes", "red", "white")
+ONE_ATTRIBUTE_AWAY = (render.ObjectClass("stripes", "blue", "white"), render.ObjectClass("spots", "red", "white"),
+                      render.ObjectClass("stripes", "red", "black"))
 
 
-def test_region_map_labels_the_pixels_the_class_changes():
-    """The MARK region is what a class change repaints (up to anti-aliased edge pixels); the body centre is BODY."""
+def _object_masks(scene_a, scene_b, size):
+    """Pixels that an anti-aliased object of either scene touches (coverage above 0)."""
+    xs, ys = render.pixel_centres(size)
+    touched = (render.scene_body_distance(scene_a, xs, ys) < 0.5) | (render.scene_body_distance(scene_b, xs, ys) < 0.5)
+    return touched
+
+
+@pytest.mark.parametrize("other", ONE_ATTRIBUTE_AWAY, ids=lambda c: f"{c.colour}-{c.pattern}-{c.head}")
+def test_a_class_change_repaints_object_pixels_only(other):
+    """Same generator, a class one attribute away: the nuisances are drawn identically, the changed pixels all lie on
+    the objects (background, clutter and distractors untouched), and they are a good share of the object."""
     domain = render.BENCHMARK_DOMAIN
-    a, scene = render.render(np.random.default_rng(11), domain, "red", "blue")
-    b, _ = render.render(np.random.default_rng(11), domain, "blue", "red")
+    for seed in range(5):
+        a, scene_a = render.render(np.random.default_rng(seed), domain, RED_STRIPED_WHITE_HEAD)
+        b, scene_b = render.render(np.random.default_rng(seed), domain, other)
+        assert scene_a.body_centre == scene_b.body_centre and scene_a.distractors == scene_b.distractors
+        assert scene_a.clutter == scene_b.clutter and scene_a.body_rgb == scene_b.body_rgb
+        assert scene_a.body_shape == scene_b.body_shape and scene_a.head_side == scene_b.head_side
+        changed = np.abs(a.astype(int) - b.astype(int)).max(axis=2) > 0
+        on_objects = _object_masks(scene_a, scene_b, domain.image_size)
+        assert changed.any() and not (changed & ~on_objects).any()
+        object_a = regions.region_map(scene_a, domain.image_size) == regions.OBJECT
+        # the class evidence spans the object: each attribute repaints a sizable part of it (the head is about a
+        # quarter of the body, the pattern covers it all)
+        assert (changed & object_a).sum() >= 0.12 * object_a.sum(), (seed, other)
+
+
+def test_region_map_labels_object_distractors_and_background():
+    domain = render.BENCHMARK_DOMAIN
+    _, scene = render.render(np.random.default_rng(11), domain, RED_STRIPED_WHITE_HEAD)
     labels = regions.region_map(scene, domain.image_size)
-    changed = np.abs(a.astype(int) - b.astype(int)).max(axis=2) > 0
-    mark = labels == regions.MARK
-    assert mark.sum() > 20 and changed[mark].all()
-    ys, xs = np.nonzero(changed & ~mark)
-    assert (np.hypot(xs + 0.5 - scene.mark_centre[0], ys + 0.5 - scene.mark_centre[1]) - scene.mark_radius < 0.5).all()
-    assert set(np.unique(labels)) == {regions.BACKGROUND, regions.BODY, regions.MARK}
+    xs, ys = render.pixel_centres(domain.image_size)
+    inside = render.scene_body_distance(scene, xs, ys) < 0
+    assert (labels[inside] == regions.OBJECT).all() and not (labels[~inside] == regions.OBJECT).any()
+    distractor = np.zeros_like(inside)
+    for distance in render.distractor_distances(scene, xs, ys):
+        distractor |= distance < 0
+    assert (labels[distractor & ~inside] == regions.DISTRACTOR).all()
+    assert (labels[~distractor & ~inside] == regions.BACKGROUND).all()
     centre_x, centre_y = (int(c) for c in scene.body_centre)
-    if np.hypot(centre_x + 0.5 - scene.mark_centre[0], centre_y + 0.5 - scene.mark_centre[1]) > scene.mark_radius + 1:
-        assert labels[centre_y, centre_x] == regions.BODY
+    assert labels[centre_y, centre_x] == regions.OBJECT
 
 
 def test_patch_regions_of_a_hand_made_label_map():
     labels = np.zeros((16, 16), dtype=np.uint8)  # 2 x 2 patches of 8 px: [[0, 1], [2, 3]] in row-major order
-    labels[0:5, 8:16] = regions.BODY  # patch 1: 40 of 64 body pixels -> BODY
-    labels[8:10, 0:8] = regions.MARK  # patch 2: 16 of 64 mark pixels (25%) -> MARK
-    labels[8:11, 8:13] = regions.MARK  # patch 3: 15 mark + 20 body pixels: under 25% mark, 35 on the object -> BODY
-    labels[11:15, 8:13] = regions.BODY
-    assert regions.patch_regions(labels, 8).tolist() == [regions.BACKGROUND, regions.BODY, regions.MARK, regions.BODY]
-    assert regions.patch_regions(labels, 8, mark_share=0.2).tolist()[3] == regions.MARK
+    labels[0:4, 8:16] = regions.OBJECT  # patch 1: 32 of 64 object pixels (50%) -> OBJECT
+    labels[8:12, 0:8] = regions.DISTRACTOR  # patch 2: 32 distractor pixels -> DISTRACTOR
+    labels[8:11, 8:16] = regions.OBJECT  # patch 3: 24 object + 32 distractor pixels -> DISTRACTOR
+    labels[11:15, 8:16] = regions.DISTRACTOR
+    assert regions.patch_regions(labels, 8).tolist() == [regions.BACKGROUND, regions.OBJECT, regions.DISTRACTOR,
+                                                         regions.DISTRACTOR]
+    assert regions.patch_regions(labels, 8, share=0.375).tolist()[3] == regions.OBJECT
+
+
+def test_every_nuisance_is_drawn_independently_of_the_class():
+    """Over many draws, the object's size, position and distractor count do not depend on the class (same draws)."""
+    domain = render.BENCHMARK_DOMAIN
+    for seed in range(20):
+        scenes = [render.sample_scene(np.random.default_rng(seed), domain, c) for c in (RED_STRIPED_WHITE_HEAD,) + ONE_ATTRIBUTE_AWAY]
+        assert len({(s.body_radius, s.body_aspect, s.body_angle, s.pattern_period, len(s.distractors)) for s in scenes}) == 1
 
 
 def test_render_split_reproduces_the_generated_files(small_benchmark):
@@ -121,23 +147,35 @@ def test_render_split_reproduces_the_generated_files(small_benchmark):
     on_disk, labels = generate.load_split_images(folder, "test")
     assert np.array_equal(images, on_disk) and len(scenes) == len(labels) == 40
     names = [c["name"] for c in SMALL.classes()]
-    assert [captions.class_name(s.ring_colour, s.dot_colour) for s in scenes] == [names[k] for k in labels]
+    assert [captions.class_name(s.object_class) for s in scenes] == [names[k] for k in labels]
 
 
 def test_metadata_and_descriptions(small_benchmark):
     _, folder = small_benchmark
     metadata = generate.load_metadata(folder)
     names = [c["name"] for c in metadata["classes"]]
-    assert len(names) == 20 and names[0] == "red ring with a green dot" and names[-1] == "purple ring with a yellow dot"
+    assert len(names) == 20 and names[0] == "white-headed object with red stripes"
+    assert names[-1] == "black-headed object with purple spots"
     assert [c["label"] for c in metadata["classes"]] == list(range(20))
     with open(os.path.join(folder, generate.DESCRIPTIONS_FILE)) as handle:
         descriptions = json.load(handle)
     assert list(descriptions) == names
-    assert all(len(set(d)) >= 5 and all(c["ring_colour"] in s and c["dot_colour"] in s for s in d)
+    assert all(len(set(d)) >= 5 and all(c["colour"] in s and c["head"] in s for s in d)
                for c, d in zip(metadata["classes"], descriptions.values()))
     assert all(t.count("{}") == 1 for t in metadata["templates"])
-    assert not set(class_text.TEMPLATES) & {f.replace("{mark}", "{}") for f in captions.CAPTION_FRAMES}
-    assert len(set(names)) == 20 and all(c["ring_colour"] != c["dot_colour"] for c in metadata["classes"])
+    assert not set(class_text.TEMPLATES) & {f.replace("{thing}", "{}") for f in captions.CAPTION_FRAMES}
+    # every pair of classes that differs in one attribute exists (the fine-grained confusions)
+    attributes = {(c["pattern"], c["colour"], c["head"]) for c in metadata["classes"]}
+    assert len(attributes) == 20
+    one_away = sum(sum(x != y for x, y in zip(a, b)) == 1 for a in attributes for b in attributes) // 2
+    assert one_away == 20 * (1 + 1 + 4) // 2
+
+
+def test_unknown_attribute_is_refused_with_the_known_values():
+    with pytest.raises(ValueError, match=r"BenchmarkConfig.colours.*known|need distinct values"):
+        generate.BenchmarkConfig(colours=("red", "teal"))
+    with pytest.raises(ValueError, match="known values"):
+        render.ObjectClass("zigzag", "red", "white")
 
 
 def test_missing_dataset_says_how_to_prepare(tmp_path):
@@ -149,7 +187,7 @@ def test_trimmed_tokens_give_the_same_text_features():
     from clipkit.clip import build_tiny_clip, tokenize
 
     model = build_tiny_clip(seed=0)
-    texts = ["a red ring with a blue dot on a hexagon.", "an object with a green dot inside a yellow ring mark."]
+    texts = ["a white-headed hexagon with red stripes.", "there is a green spotted block with a black head."]
     with torch.no_grad():
         full = model.encode_text(tokenize(texts))
         trimmed = model.encode_text(pretrain.tokenize_trimmed(texts))
@@ -195,6 +233,13 @@ def test_token_text_similarity_matches_a_reference_computation():
         cls, top1 = pretrain.token_text_similarity(model, images, texts, top_k=1)
         _, top4 = pretrain.token_text_similarity(model, images, texts, top_k=4)
         _, mean_token = pretrain.token_text_similarity(model, images, texts, top_k=0)
+        mask = torch.zeros(3, tokens.shape[1], dtype=torch.bool)
+        mask[0, [3, 9]] = True
+        mask[1, :] = True
+        mask[2, 60] = True
+        _, on_object = pretrain.token_text_similarity(model, images, texts, top_k=1, patch_mask=mask)
+    by_hand = torch.stack([tokens[0, [3, 9]].mean(0), tokens[1].mean(0), tokens[2, 60]])
+    torch.testing.assert_close(on_object, torch.nn.functional.normalize(by_hand, dim=-1) @ texts.t())
     torch.testing.assert_close(cls, torch.nn.functional.normalize(model.encode_image(images), dim=-1))
     torch.testing.assert_close(top1, per_token.max(dim=1).values)
     torch.testing.assert_close(top4, per_token.sort(dim=1, descending=True).values[:, :4].mean(dim=1))
@@ -290,7 +335,8 @@ def test_diagnostics_script_runs_on_a_small_benchmark(small_benchmark, tiny_clip
     assert tiny_diagnostics.main(["--checkpoint", tiny_clip_path, "--data-root", root, "--oracle-steps", "4"]) == 0
     out = capsys.readouterr().out
     for row in ("zero-shot [CLS]", "microCLIP [FG] at init", "accuracy by region", "NCut mask: % of each region",
-                "linear probe", "oracle LN + classifier tuning"):
+                "linear probe", "oracle LN + classifier tuning", "benchmark properties",
+                "object share of the patches"):
         assert row in out, out
 
 
@@ -302,3 +348,29 @@ def test_oracle_labels_script_trains_microclip_on_the_true_labels(small_benchmar
                                    tmp_path / "run")
     assert results["method"] == "MicroCLIP" and len(results["epochs"]) == 1
     assert results["epochs"][0]["pl_accuracy"] == pytest.approx(100.0)
+
+
+def test_property_checks_of_the_diagnostics_hold_and_fail_at_their_bounds():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import tiny_diagnostics
+    finally:
+        sys.path.remove(os.path.join(REPO, "benchmarks"))
+    good = {"zero_shot": 30.0, "object_patch_share": 40.0, "fg_object_gain": 0.0, "probe_gain": 10.0}
+    assert all(row[-1] for row in tiny_diagnostics.check_properties(good))
+    for key, value in (("zero_shot", 70.5), ("zero_shot", 29.9), ("object_patch_share", 14.0),
+                       ("fg_object_gain", -0.1), ("probe_gain", 9.9)):
+        rows = tiny_diagnostics.check_properties(dict(good, **{key: value}))
+        assert [row[0] for row in rows if not row[-1]] == [n for n, k, _, _ in tiny_diagnostics.PROPERTIES if k == key]
+
+
+def test_object_patches_are_the_half_covered_patches_or_the_most_covered_one():
+    domain = render.BENCHMARK_DOMAIN
+    _, scene = render.render(np.random.default_rng(3), domain, RED_STRIPED_WHITE_HEAD)
+    labels = regions.region_map(scene, domain.image_size)
+    share = (labels == regions.OBJECT).reshape(8, 8, 8, 8).mean(axis=(1, 3)).reshape(-1)  # 8 x 8 patches of 8 px
+    np.testing.assert_array_equal(regions.object_patches(scene, domain.image_size, 8), share >= 0.5)
+    tiny = render.sample_scene(np.random.default_rng(3), render.SceneDomain(body_radius=(2.0, 2.0)), RED_STRIPED_WHITE_HEAD)
+    tiny_share = (regions.region_map(tiny, 64) == regions.OBJECT).reshape(8, 8, 8, 8).mean(axis=(1, 3)).reshape(-1)
+    assert tiny_share.max() < 0.5
+    assert regions.object_patches(tiny, 64, 8).tolist() == [i == tiny_share.argmax() for i in range(64)]

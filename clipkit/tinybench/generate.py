@@ -3,8 +3,9 @@
 Layout under ``<data_root>/tiny_finegrained/``::
 
     images/<split>/<class_dir>/<index>.png   64 px RGB images (split = train | test)
-    images/<split>/attributes.csv            per-image nuisance attributes (body, pose, clutter), for analysis only
-    metadata.json                            ordered classes (label, name, dir, mark colour, mark shape), split sizes
+    images/<split>/attributes.csv            per-image class and nuisance attributes (size, pose, distractors), for
+                                             analysis only
+    metadata.json                            ordered classes (label, name, dir, pattern, colour, head), split sizes
     descriptions.json                        CuPL-format "LLM-style" class descriptions
     manifest.json                            generator config digest + SHA-256 of every file; written last
 
@@ -29,13 +30,14 @@ from PIL import Image
 
 from .captions import class_name
 from .class_text import TEMPLATES, descriptions_json
-from .render import BENCHMARK_DOMAIN, MARK_COLOURS, Scene, SceneDomain, render, source_digest
+from .render import (BENCHMARK_DOMAIN, HEAD_COLOURS, PATTERN_COLOURS, PATTERNS, ObjectClass, Scene, SceneDomain, render,
+                     source_digest)
 
 DATASET_DIRNAME = "tiny_finegrained"
 METADATA_FILE = "metadata.json"
 DESCRIPTIONS_FILE = "descriptions.json"
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1  # bump when the on-disk layout changes
+FORMAT_VERSION = 2  # bump when the on-disk layout changes
 SPLITS = ("train", "test")
 
 
@@ -44,16 +46,24 @@ class BenchmarkConfig:
     """What the generated dataset depends on (its digest is stored in the manifest)."""
 
     seed: int = 0  # every image is drawn from its own generator seeded by (seed, split, index)
-    # class = (ring colour, dot colour), every ordered pair of distinct colours: 5 colours -> 20 classes
-    mark_colours: Tuple[str, ...] = ("red", "green", "blue", "yellow", "purple")
+    # class = (pattern, pattern colour, head colour), every combination: 2 x 5 x 2 = 20 classes. Classes that differ in
+    # one attribute only are the fine-grained confusions (red stripes + white head / red spots + white head / red
+    # stripes + black head / blue stripes + white head).
+    patterns: Tuple[str, ...] = ("stripes", "spots")
+    colours: Tuple[str, ...] = ("red", "green", "blue", "yellow", "purple")
+    heads: Tuple[str, ...] = ("white", "black")
     train_per_class: int = 150  # unlabelled adaptation images per class
     test_per_class: int = 50  # evaluation images per class
-    domain: SceneDomain = BENCHMARK_DOMAIN  # nuisance distribution (small objects, clutter)
+    domain: SceneDomain = BENCHMARK_DOMAIN  # nuisance distribution (object size and pose, distractors, clutter)
 
     def __post_init__(self):
-        unknown = [c for c in self.mark_colours if c not in MARK_COLOURS]
-        if unknown or len(set(self.mark_colours)) < 2:
-            raise ValueError(f"BenchmarkConfig.mark_colours={self.mark_colours}: need 2+ distinct colours of {list(MARK_COLOURS)}")
+        for values, known, key in ((self.patterns, PATTERNS, "patterns"), (self.colours, tuple(PATTERN_COLOURS), "colours"),
+                                   (self.heads, tuple(HEAD_COLOURS), "heads")):
+            unknown = [v for v in values if v not in known]
+            if unknown or len(set(values)) != len(values) or not values:
+                raise ValueError(f"BenchmarkConfig.{key}={values}: need distinct values of {list(known)}")
+        if len(self.classes()) < 2:
+            raise ValueError("BenchmarkConfig: the attributes give fewer than 2 classes")
 
     def digest(self) -> str:
         """Hash of the config and of the generator's source code (a change of either regenerates the dataset)."""
@@ -64,14 +74,15 @@ class BenchmarkConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def classes(self) -> List[Dict[str, object]]:
-        """Ordered classes: label, prompt-ready name, folder name and attributes."""
+        """Ordered classes: label, prompt-ready name, folder name and attributes (pattern, colour, head)."""
         out = []
-        for ring in self.mark_colours:
-            for dot in self.mark_colours:
-                if dot != ring:
+        for head in self.heads:
+            for pattern in self.patterns:
+                for colour in self.colours:
                     label = len(out)
-                    out.append({"label": label, "name": class_name(ring, dot), "dir": f"{label:02d}_{ring}_ring_{dot}_dot",
-                                "ring_colour": ring, "dot_colour": dot})
+                    out.append({"label": label, "name": class_name(ObjectClass(pattern, colour, head)),
+                                "dir": f"{label:02d}_{colour}_{pattern}_{head}_head", "pattern": pattern,
+                                "colour": colour, "head": head})
         return out
 
     def per_class(self, split: str) -> int:
@@ -107,8 +118,12 @@ def _write_json(path: str, obj) -> None:
 
 def render_item(config: BenchmarkConfig, split: str, index: int, classes) -> Tuple[np.ndarray, Scene]:
     """Image ``index`` of ``split`` (class ``classes[index % C]``, its own generator): (uint8 image, scene)."""
-    cls = classes[index % len(classes)]
-    return render(image_generator(config.seed, split, index), config.domain, cls["ring_colour"], cls["dot_colour"])
+    return render(image_generator(config.seed, split, index), config.domain, object_class(classes[index % len(classes)]))
+
+
+def object_class(cls: Dict[str, object]) -> ObjectClass:
+    """The ``ObjectClass`` of a class dict of ``BenchmarkConfig.classes()`` / ``metadata.json``."""
+    return ObjectClass(cls["pattern"], cls["colour"], cls["head"])
 
 
 def _write_split(root: str, config: BenchmarkConfig, split: str, classes) -> List[str]:
@@ -123,12 +138,13 @@ def _write_split(root: str, config: BenchmarkConfig, split: str, classes) -> Lis
         rel = os.path.join("images", split, cls["dir"], f"{index:06d}.png")
         Image.fromarray(image).save(os.path.join(root, rel), optimize=False)
         written.append(rel)
-        rows.append([rel, cls["label"], scene.body_shape, scene.body_colour, f"{scene.body_radius:.2f}",
-                     f"{scene.mark_radius:.2f}", len(scene.clutter)])
+        rows.append([rel, cls["label"], cls["pattern"], cls["colour"], cls["head"], scene.body_shape, scene.body_colour,
+                     f"{scene.body_radius:.2f}", f"{scene.body_aspect:.2f}", len(scene.distractors), len(scene.clutter)])
     rel = os.path.join("images", split, "attributes.csv")
     with open(os.path.join(root, rel), "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "label", "body_shape", "body_colour", "body_radius", "mark_radius", "clutter_count"])
+        writer.writerow(["path", "label", "pattern", "colour", "head", "body_shape", "body_colour", "body_radius",
+                         "body_aspect", "distractor_count", "clutter_count"])
         writer.writerows(rows)
     return written + [rel]
 

@@ -1,8 +1,9 @@
 """Where things are in a rendered benchmark image: region labels per pixel and per ViT patch.
 
-Diagnostics only (``benchmarks/tiny_diagnostics.py``): they answer whether the tiny CLIP's patch tokens are local (a
-token on the mark knows the class better than a token on the background) and whether NCut masks are object-centric.
-Nothing here changes the dataset or the checkpoint (this module is outside their digests).
+The diagnostics (``benchmarks/tiny_diagnostics.py``) use them to answer whether the tiny CLIP's patch tokens are local
+(a token on the object knows the class better than a token on the background) and whether NCut masks are
+object-centric; pretraining uses :func:`object_patches` for its region-text term (this module is in the checkpoint's
+digest, not in the dataset's).
 """
 
 from __future__ import annotations
@@ -12,37 +13,52 @@ from typing import List, Tuple
 import numpy as np
 
 from .generate import BenchmarkConfig, render_item
-from .render import Scene, SceneDomain, pixel_centres, scene_body_distance, scene_mark_distance
+from .render import Scene, SceneDomain, distractor_distances, pixel_centres, scene_body_distance
 
-BACKGROUND, BODY, MARK = 0, 1, 2  # region labels; background includes the clutter
-REGION_NAMES = ("background", "body", "mark")
+BACKGROUND, DISTRACTOR, OBJECT = 0, 1, 2  # region labels; background includes the clutter
+REGION_NAMES = ("background", "distractor", "object")
 
 
 def region_map(scene: Scene, image_size: int) -> np.ndarray:
-    """(H, W) uint8 label of what each pixel shows: ``BACKGROUND``, ``BODY`` or ``MARK`` (ring and dot), where the
-    renderer's anti-aliased coverage exceeds one half (signed distance below 0)."""
+    """(H, W) uint8 label of what each pixel shows: ``OBJECT`` (the class object, pattern included), ``DISTRACTOR``
+    (a visible part of a distractor object) or ``BACKGROUND``, where the renderer's anti-aliased coverage exceeds one
+    half (signed distance below 0)."""
     xs, ys = pixel_centres(image_size)
     labels = np.full((image_size, image_size), BACKGROUND, dtype=np.uint8)
-    labels[scene_body_distance(scene, xs, ys) < 0] = BODY
-    labels[scene_mark_distance(scene, xs, ys, scene.mark_radius) < 0] = MARK
+    for distance in distractor_distances(scene, xs, ys):
+        labels[distance < 0] = DISTRACTOR
+    labels[scene_body_distance(scene, xs, ys) < 0] = OBJECT
     return labels
 
 
-def patch_regions(labels: np.ndarray, patch_size: int, mark_share: float = 0.25) -> np.ndarray:
-    """(H, W) region labels -> (n,) label per ViT patch, row-major like the patch tokens: ``MARK`` where the mark covers
-    at least ``mark_share`` of the patch, else ``BODY`` where body and mark cover at least half, else ``BACKGROUND``."""
+def patch_regions(labels: np.ndarray, patch_size: int, share: float = 0.5) -> np.ndarray:
+    """(H, W) region labels -> (n,) label per ViT patch, row-major like the patch tokens: ``OBJECT`` where the object
+    covers at least ``share`` of the patch, else ``DISTRACTOR`` where distractors do, else ``BACKGROUND``."""
     grid = labels.shape[0] // patch_size
     patches = labels[: grid * patch_size, : grid * patch_size].reshape(grid, patch_size, grid, patch_size)
     patches = patches.transpose(0, 2, 1, 3).reshape(grid * grid, -1)
-    on_object = np.where((patches != BACKGROUND).mean(axis=1) >= 0.5, BODY, BACKGROUND)
-    return np.where((patches == MARK).mean(axis=1) >= mark_share, MARK, on_object).astype(np.int64)
+    out = np.where((patches == DISTRACTOR).mean(axis=1) >= share, DISTRACTOR, BACKGROUND)
+    return np.where((patches == OBJECT).mean(axis=1) >= share, OBJECT, out).astype(np.int64)
+
+
+def object_patches(scene: Scene, image_size: int, patch_size: int) -> np.ndarray:
+    """(n,) bool: the patches the class object covers at least half of (``patch_regions``); when none does (a small
+    object across patch borders), the patch it covers most."""
+    labels = region_map(scene, image_size)
+    mask = patch_regions(labels, patch_size) == OBJECT
+    if not mask.any():
+        grid = image_size // patch_size
+        share = (labels[: grid * patch_size, : grid * patch_size] == OBJECT).reshape(grid, patch_size, grid, patch_size)
+        mask[int(share.mean(axis=(1, 3)).argmax())] = True
+    return mask
 
 
 def config_from_metadata(metadata: dict) -> BenchmarkConfig:
     """The ``BenchmarkConfig`` recorded in a generated benchmark's ``metadata.json`` (JSON lists back to tuples)."""
     recorded = dict(metadata["config"])
     domain = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.pop("domain").items()}
-    recorded["mark_colours"] = tuple(recorded["mark_colours"])
+    for key in ("patterns", "colours", "heads"):
+        recorded[key] = tuple(recorded[key])
     return BenchmarkConfig(**recorded, domain=SceneDomain(**domain))
 
 
