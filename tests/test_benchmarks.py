@@ -12,6 +12,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("script, expected", [
     ("bench_microclip.py", ["training throughput", "NCut share", "peak memory"]),
     ("bench_dpa.py", ["training throughput", "prototype rebuild", "peak memory"]),
+    ("bench_official_step.py", ["| clipkit |", "| official cost", "speed-up over the official step",
+                                "max |difference| of [CLS] features and patch tokens"]),
 ])
 def test_benchmark_prints_its_table(script, expected):
     cmd = [sys.executable, os.path.join(REPO, "benchmarks", script), "--backbone", "tiny", "--batch-size", "4",
