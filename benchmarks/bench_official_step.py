@@ -12,7 +12,10 @@ above; its [CLS] features and patch tokens are checked to equal ours), under ano
 ``create_graph=True``. Not reproduced: the official NCut's per-image Python sign loop and its host-syncing ``.item()``
 calls, ``cuda.synchronize`` / ``empty_cache`` per step (no-ops on the CPU). Both steps see the same random uint8 views.
 
-    python benchmarks/bench_official_step.py --backbone vit_b32 --batch-size 4 --steps 2 --warmup 1 --device cpu
+    python benchmarks/bench_official_step.py --backbone vit_b32 --batch-size 4 --steps 2 --warmup 1 --device cpu --threads 1
+
+(On a CPU shared with other processes use ``--threads 1``: oversubscribed OpenMP threads make both steps slow and
+the ratio meaningless.)
 """
 
 from __future__ import annotations
