@@ -73,6 +73,8 @@ def reset_cfg(cfg, args):
         cfg.MODEL.BACKBONE.NAME = args.backbone
     if args.head:
         cfg.MODEL.HEAD.NAME = args.head
+    if getattr(args, "views_on_device", False):
+        cfg.DATALOADER.VIEWS = "device"
 
 
 def extend_cfg(cfg):
@@ -291,6 +293,9 @@ def build_parser():
     parser.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
     parser.add_argument("--head", type=str, default="", help="name of head")
     parser.add_argument("--eval-only", action="store_true", help="evaluation only")
+    parser.add_argument("--views-on-device", action="store_true",
+                        help="build the weak view and the multi-view crops on the training device from the decoded "
+                             "images (DATALOADER.VIEWS device; microCLIP)")
     parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
     parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")

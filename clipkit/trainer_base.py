@@ -46,6 +46,12 @@ def _add_trainer_base_cfg(cfg):
     cfg.TEST.EVAL_EVERY_EPOCH = False
     # Epoch checkpoints (model.pth.tar-<E>) kept per model: the newest N; 0 keeps all (Dassl). model-best is separate.
     cfg.TRAIN.CHECKPOINT_KEEP = 1
+    # Where the train views are built (clipkit/blocks/decoded_views.py; trainers whose class lists the place in
+    # ``supported_views``): "pil" (the present, official pipeline: each view from the PIL image on the loader workers),
+    # "tensor" (decode once; weak view and multi-view crops by tensor ops on the workers), "device" (the workers decode
+    # and build the PIL-only strong view; weak view and crops are resized on the training device; train.py
+    # --views-on-device). Same random draws; the weak view's resize is torchvision's instead of Pillow's (DEVIATIONS.md).
+    cfg.DATALOADER.VIEWS = "pil"
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -63,6 +69,8 @@ class CLIPTrainer(TrainerX):
     eval_every_epoch = False
     # True for methods that never train (run with train.py --eval-only).
     training_free = False
+    # DATALOADER.VIEWS places the method's train loader implements ("pil": the transforms as they are).
+    supported_views = ("pil",)
 
     @classmethod
     def planned_training(cls, cfg, num_train: int, num_classes: int) -> Tuple[int, int]:
@@ -82,9 +90,20 @@ class CLIPTrainer(TrainerX):
         self._last_eval_time_s = 0.0
         self._run_record_final: Optional[Dict] = None
         self._resume_checkpoint: Optional[Dict] = None
+        self._check_views_place(cfg)
         super().__init__(cfg)
         self._warn_if_cuda_requested_but_missing()
         self._wrap_evaluator()
+
+    def _check_views_place(self, cfg) -> None:
+        from clipkit.blocks.decoded_views import VIEW_PLACES
+
+        place = cfg.DATALOADER.get("VIEWS", "pil")
+        if place not in VIEW_PLACES:
+            raise ValueError(f"DATALOADER.VIEWS must be one of {VIEW_PLACES}, got {place!r}")
+        if place not in self.supported_views:
+            raise ValueError(f"DATALOADER.VIEWS {place!r} is not implemented by {type(self).__name__} (it supports "
+                             f"{self.supported_views}); set DATALOADER.VIEWS pil or drop --views-on-device")
 
     def _warn_if_cuda_requested_but_missing(self) -> None:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()

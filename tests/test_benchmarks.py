@@ -12,6 +12,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("script, expected", [
     ("bench_microclip.py", ["training throughput", "NCut share", "peak memory"]),
     ("bench_dpa.py", ["training throughput", "prototype rebuild", "peak memory"]),
+    ("bench_official_step.py", ["| clipkit |", "| official cost", "speed-up over the official step",
+                                "max |difference| of [CLS] features and patch tokens"]),
 ])
 def test_benchmark_prints_its_table(script, expected):
     cmd = [sys.executable, os.path.join(REPO, "benchmarks", script), "--backbone", "tiny", "--batch-size", "4",
@@ -46,3 +48,22 @@ def test_train_step_benchmark_covers_every_trainer_and_feeds_the_planner(tmp_pat
     assert sweep.main(["tiny", "--plan", "--throughput", str(throughput), "--output-root", str(tmp_path / "out")],
                       log=out.append) == 0
     assert "without a measured throughput" not in "\n".join(out)  # every trained method has its measured rate
+
+
+def test_loader_benchmark_covers_every_trainer(tmp_path):
+    rows = tmp_path / "loader.json"
+    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "bench_loader.py"), "--trainer", "all", "--workers", "0",
+           "--batch-size", "2", "--batches", "1", "--images", "3", "--device", "cpu", "--json", str(rows)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for method in ["DPA", "LaFTer", "NtUA", "POUF", "ReCLIP", "UPL"]:
+        assert f"| {method} | pil |" in proc.stdout, method
+    for place in ("pil", "tensor", "device"):
+        assert f"| MicroCLIP | {place} |" in proc.stdout, place
+    for method in ["ZeroshotCLIP", "CuPL", "WCA"]:
+        assert f"| {method} | - | no train loader" in proc.stdout, method
+    import json
+
+    measured = [row for row in json.loads(rows.read_text())["rows"] if not row.get("training_free")]
+    assert all(row["samples_per_s"] > 0 and abs(sum(row["shares"].values()) - 1) < 1e-6 for row in measured)

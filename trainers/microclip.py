@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import pil_to_tensor
 
+from clipkit.blocks.decoded_views import VIEW_PLACES, DecodedViews, views_on_device, with_collate
 from clipkit.blocks.fusion import PL_FUSION_MODES, cosine_scores, token_fusion_scores
 from clipkit.blocks.losses import microclip_loss
 from clipkit.blocks.multicrop import aggregate_views, sample_square_crops
@@ -45,7 +46,7 @@ from clipkit.blocks.text_classifier import (
 from clipkit.blocks.trainable import TrainedStateMixin, enable_layernorm_affines, trainable_named_parameters
 from clipkit.blocks.views import CROP_MODES, PixelNormalizer, strong_transform, view_transform
 from clipkit.config import CN, cfg_extension
-from clipkit.dassl import TRAINER_REGISTRY, build_optimizer
+from clipkit.dassl import INTERPOLATION_MODES, TRAINER_REGISTRY, build_optimizer
 from clipkit.trainer_base import CLIPTrainer
 
 PRIOR_VIEWS = ("multi", "single")
@@ -346,6 +347,8 @@ def training_step_loss(model: MicroCLIPNet, node, plan: ComputePlan, weak, stron
 class MicroCLIP(CLIPTrainer):
     """microCLIP self-training (Algorithm 1) with TokenFusion, SOAP and Dynamic Knowledge Aggregation."""
 
+    supported_views = VIEW_PLACES  # DATALOADER.VIEWS: pil (official), tensor, device
+
     def check_cfg(self, cfg):
         node = cfg.TRAINER.MICROCLIP
         choices = [
@@ -396,17 +399,29 @@ class MicroCLIP(CLIPTrainer):
 
     # ------------------------------------------------------------------------------------------------- data
     def build_data_loader(self):
-        """Weak / strong / crops as uint8 tensors from the workers (list of train transforms); test view uint8."""
+        """Weak / strong / crops as uint8 tensors from the workers (list of train transforms); test view uint8.
+
+        DATALOADER.VIEWS "tensor" / "device": one ``DecodedViews`` transform decodes each image once and cuts the weak
+        view and the crops from the uint8 tensor (on the workers, or on the device in ``parse_batch_train``)."""
         cfg, node = self.cfg, self.cfg.TRAINER.MICROCLIP
         size = tuple(cfg.INPUT.SIZE)
-        train_tfms = [
-            view_transform(size, cfg.INPUT.INTERPOLATION, node.WEAK_CROP),
-            strong_transform(size, node.STRONG_RRC_SCALE, node.STRONG_HFLIP, node.STRONG_RANDAUGMENT),
-        ]
+        strong = strong_transform(size, node.STRONG_RRC_SCALE, node.STRONG_HFLIP, node.STRONG_RANDAUGMENT)
+        test_tfm = view_transform(size, cfg.INPUT.INTERPOLATION, node.TEST_CROP)
+        if self.views_place != "pil":
+            train_tfm = DecodedViews(size, INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION], node.WEAK_CROP, strong,
+                                     node.N_CROPS if self.plan.crops_from_loader else 0, node.CROP_SIDE_RANGE,
+                                     max(size), self.views_place)
+            self.build_data_loader_with(custom_tfm_train=train_tfm, custom_tfm_test=test_tfm)
+            self.train_loader_x = with_collate(self.train_loader_x)
+            return
+        train_tfms = [view_transform(size, cfg.INPUT.INTERPOLATION, node.WEAK_CROP), strong]
         if self.plan.crops_from_loader:
             train_tfms.append(MultiCropTransform(node.N_CROPS, node.CROP_SIDE_RANGE, max(size)))
-        test_tfm = view_transform(size, cfg.INPUT.INTERPOLATION, node.TEST_CROP)
         self.build_data_loader_with(custom_tfm_train=train_tfms, custom_tfm_test=test_tfm)
+
+    @property
+    def views_place(self) -> str:
+        return self.cfg.DATALOADER.VIEWS
 
     # ------------------------------------------------------------------------------------------------ model
     def build_classifiers(self, clip_model):
@@ -491,6 +506,11 @@ class MicroCLIP(CLIPTrainer):
         """-> weak (B,3,S,S), strong (B,3,S,S), crops (B,N,3,S,S) or None (uint8 on the device), and the
         ground-truth labels, which are used ONLY for logging pseudo-label accuracy."""
         to_device = lambda x: x.to(self.device, non_blocking=True)  # noqa: E731
+        if self.views_place == "device":  # DATALOADER.VIEWS device: weak view and crops resized here
+            size = tuple(self.cfg.INPUT.SIZE)
+            weak, crops = views_on_device(batch, size, INTERPOLATION_MODES[self.cfg.INPUT.INTERPOLATION], max(size),
+                                          self.device)
+            return weak, to_device(batch["img2"]), crops, to_device(batch["label"])
         crops = to_device(batch["img3"]) if self.plan.crops_from_loader else None
         return to_device(batch["img"]), to_device(batch["img2"]), crops, to_device(batch["label"])
 

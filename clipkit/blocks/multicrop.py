@@ -39,6 +39,12 @@ def sample_square_crops(
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a (3, H, W) image tensor, got shape {tuple(image.shape)}")
     boxes = sample_crop_boxes(image.shape[1], image.shape[2], num_crops, side_range, generator)
+    return crops_from_boxes(image, boxes, out_size)
+
+
+def crops_from_boxes(image: torch.Tensor, boxes: torch.Tensor, out_size: int) -> torch.Tensor:
+    """(N, 3, S, S) crops of a (3, H, W) image (uint8 or float, any device) at (N, 3) boxes (top, left, side), each
+    resized bicubically (antialiased) to S."""
     crops = [
         TF.resize(
             image[:, top : top + side, left : left + side], [out_size, out_size],
