@@ -195,7 +195,7 @@ def run_with_truth(train_args: List[str]) -> None:
 
 def _accuracy(run_dir: str) -> float:
     with open(os.path.join(run_dir, "results.json")) as handle:
-        return float(json.load(handle)["accuracy"])
+        return float(json.load(handle)["accuracy_last"])  # the reported number: the last epoch
 
 
 def run_all(args) -> int:
@@ -207,7 +207,7 @@ def run_all(args) -> int:
             "--root", args.root, "--trainer", method, "--seed", str(args.seed),
             "--dataset-config-file", os.path.join(REPO, "configs", "datasets", f"{args.dataset}.yaml"),
             "--config-file", os.path.join(REPO, "configs", "trainers", method, f"{args.backbone}.yaml"),
-            "--output-dir", run_dir]
+            "--output-dir", run_dir] + (["--eval-only"] if method == ZERO_SHOT else [])
         started = time.time()
         if not os.path.isfile(os.path.join(run_dir, "results.json")):
             log = os.path.join(args.output_root, f"{method}_seed{args.seed}.log")

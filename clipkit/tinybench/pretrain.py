@@ -62,9 +62,9 @@ class PretrainRecipe:
     # Weight of a second InfoNCE term on the last block's value-path patch tokens. Web-scale CLIP's value-path tokens
     # are text-aligned (MaskCLIP; microCLIP Table 7: local logits alone 57.8%), which microCLIP's [FG] branch relies
     # on; a 3-layer CLIP trained 1,500 steps on [CLS] alone does not acquire it ([FG] logits at 5-9%, chance 5%).
-    # Weight 2 (issue 17's property "[FG] on the true object at least as accurate as [CLS]"): with weight 1 and the
-    # object pooling below, [FG] on the true object reached 51.6% against [CLS] 54.4%.
-    dense_alignment_weight: float = 2.0
+    # With the object pooling below, [FG] on the true object reaches 51.6% against [CLS] 54.4% (issue 17 asks for at
+    # least as much; weight 2 is the untested next step: its pretraining did not finish within the session).
+    dense_alignment_weight: float = 1.0
     # Image-text similarity of that term: mean of the k best token similarities (1 = FILIP's token-wise max; 0 = the
     # mean-pooled token, which made every token carry the whole image); used when ``dense_alignment_pool`` is "top_k".
     dense_alignment_top_k: int = 4
