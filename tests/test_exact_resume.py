@@ -259,3 +259,19 @@ def test_sigterm_inside_an_epoch_writes_a_checkpoint_and_resumes(step_reference,
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming inside epoch 2 after its step 1" in resumed.stdout
     assert_same_run_but_digest(out, step_reference["UPL"])
+
+
+def test_shipped_configs_of_the_long_methods_checkpoint_inside_epochs():
+    """An epoch of these methods over a large train split runs for hours: their real-dataset configs checkpoint
+    every TRAIN.CHECKPOINT_EVERY_STEPS steps (the tiny configs need not)."""
+    import glob
+
+    import yaml
+
+    for method in ("MicroCLIP", "DPA", "LaFTer", "ReCLIP"):
+        paths = [p for p in glob.glob(os.path.join(REPO, "configs", "trainers", method, "*.yaml"))
+                 if not p.endswith(("tiny.yaml", "overrides.yaml"))]
+        assert paths, method
+        for path in paths:
+            data = yaml.safe_load(open(path)) or {}
+            assert data["TRAIN"].get("CHECKPOINT_EVERY_STEPS", 0) > 0, f"{path}: set TRAIN.CHECKPOINT_EVERY_STEPS"
