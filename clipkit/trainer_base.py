@@ -12,7 +12,9 @@ Checkpoints (clipkit/engine/checkpoint.py, both engines): ``save_model`` / ``res
 so that every checkpoint is written atomically and carries the RNG states, the loader position and the run state
 (per-epoch records, best validation result, training time, peak memory, ``checkpoint_extra_state()``); resuming
 restores all of it, so an interrupted and resumed run writes the ``results.json`` of the uninterrupted run (timing
-fields aside). Only the newest ``TRAIN.CHECKPOINT_KEEP`` epoch checkpoints are kept. A method's evolving state must
+fields aside). Only the newest ``TRAIN.CHECKPOINT_KEEP`` epoch checkpoints are kept. With
+``TRAIN.CHECKPOINT_EVERY_STEPS`` > 0, ``run_epoch`` also writes intra-epoch checkpoints (the newest one kept) and a
+resumed run continues after their step, exactly (``epoch_state_attrs``: a method's per-epoch accumulators). A method's evolving state must
 live in a module registered with ``register_model`` (or in ``checkpoint_extra_state``) to be resumed.
 
 Per-epoch records, training time and peak memory are also kept in ``OUTPUT_DIR/run_record.json`` (rewritten after

@@ -9,8 +9,8 @@ Dassl's own ``resume_from_checkpoint`` / ``load_model`` read it, and adds:
 
 * ``rng_state``: Python ``random``, NumPy's global generator, torch's CPU generator and every CUDA generator, captured
   when the checkpoint is written (after the epoch's evaluations), restored as the last step before the next epoch;
-* ``loader_state``: where the data stream stands (``{"epoch": E, "batch": 0}``: checkpoints are written between
-  epochs; the shuffling order and the workers' seeds of epoch E+1 are drawn from the restored torch generator);
+* ``loader_state``: where the data stream stands (``{"epoch": E, "batch": 0}`` for an epoch checkpoint: the shuffling
+  order and the workers' seeds of epoch E+1 are drawn from the restored torch generator);
 * ``trainer_state``: the toolkit's run state (per-epoch records, best validation result, time, memory) and the
   method's extras (e.g. a GradScaler), so a resumed run reports exactly what the uninterrupted one reports;
 * ``format``: ``CHECKPOINT_FORMAT``.
