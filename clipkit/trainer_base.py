@@ -14,8 +14,9 @@ so that every checkpoint is written atomically and carries the RNG states, the l
 restores all of it, so an interrupted and resumed run writes the ``results.json`` of the uninterrupted run (timing
 fields aside). Only the newest ``TRAIN.CHECKPOINT_KEEP`` epoch checkpoints are kept. With
 ``TRAIN.CHECKPOINT_EVERY_STEPS`` > 0, ``run_epoch`` also writes intra-epoch checkpoints (the newest one kept) and a
-resumed run continues after their step, exactly (``epoch_state_attrs``: a method's per-epoch accumulators). A method's evolving state must
-live in a module registered with ``register_model`` (or in ``checkpoint_extra_state``) to be resumed.
+resumed run continues after their step, exactly (``epoch_state_attrs``: a method's per-epoch accumulators). A
+method's evolving state must live in a module registered with ``register_model`` (or in ``checkpoint_extra_state``)
+to be resumed.
 
 Per-epoch records, training time and peak memory are also kept in ``OUTPUT_DIR/run_record.json`` (rewritten after
 each epoch); a finished run re-launched into the same folder (no epoch is trained, the final test runs again)
@@ -423,12 +424,26 @@ class CLIPTrainer(TrainerX):
         for name, checkpoint in pending["loaded"].items():
             self._load_model_states(name, checkpoint)
         state = pending["loaded"][self.get_model_names()[0]]["trainer_state"]
-        for name, value in state.get("epoch_state", {}).items():
-            setattr(self, name, value)
+        for name, value in state.get("epoch_state", {}).items():  # checkpoints load on the CPU
+            setattr(self, name, self._on_devices_like(value, getattr(self, name, None)))
         for key, values in state.get("meters", {}).items():
             vars(losses.meters[key]).update(values)
         rng_state = pending["rng_state"]
         return int(pending["batch"]), lambda: ckpt.restore_rng_state(rng_state)
+
+    def _on_devices_like(self, value, current):
+        """``value`` with each tensor on the device of the matching tensor of ``current`` (the attribute as
+        ``before_epoch`` left it), else on ``self.device``."""
+        if torch.is_tensor(value):
+            return value.to(current.device if torch.is_tensor(current) else self.device)
+        if isinstance(value, (list, tuple)):
+            same_shape = isinstance(current, (list, tuple)) and len(current) == len(value)
+            currents = current if same_shape else [None] * len(value)
+            return type(value)(self._on_devices_like(v, c) for v, c in zip(value, currents))
+        if isinstance(value, dict):
+            currents = current if isinstance(current, dict) else {}
+            return {k: self._on_devices_like(v, currents.get(k)) for k, v in value.items()}
+        return value
 
     # --------------------------------------------------------------------------------------- stop on SIGTERM
     def _install_stop_handler(self) -> None:

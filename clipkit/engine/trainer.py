@@ -406,4 +406,5 @@ class TrainerXU(SimpleTrainer):
         return (batch_x["img"].to(self.device), batch_x["label"].to(self.device), batch_u["img"].to(self.device))
 
 
-__all__ = ["TRAINER_REGISTRY", "build_trainer", "log_batch_progress", "TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU"]
+__all__ = ["TRAINER_REGISTRY", "build_trainer", "log_batch_progress", "TrainerBase", "SimpleTrainer", "TrainerX",
+           "TrainerXU"]

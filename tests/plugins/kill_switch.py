@@ -3,8 +3,8 @@
 ``CLIPKIT_TEST_KILL=after:E`` kills the process right after epoch E's checkpoint is complete; ``during:E`` kills it in
 the middle of writing epoch E's checkpoint (half of the bytes are on disk). ``after:E.K`` / ``during:E.K`` do the same
 with the intra-epoch checkpoint of epoch E after its step K (TRAIN.CHECKPOINT_EVERY_STEPS); ``term:E.K`` sends SIGTERM
-to the process right after step K of epoch E (what the sweep or a Slurm pre-emption sends). ``CLIPKIT_TEST_KILL_HOW=sigkill`` (default)
-sends SIGKILL to itself; ``raise`` raises ``SimulatedKill`` for in-process tests and also leaves the half-written
+to the process right after step K of epoch E (what the sweep or a Slurm pre-emption sends).
+``CLIPKIT_TEST_KILL_HOW=sigkill`` (default) sends SIGKILL to itself; ``raise`` raises ``SimulatedKill`` for in-process tests and also leaves the half-written
 bytes at the checkpoint's final path (what an in-place writer such as Dassl's ``torch.save`` leaves behind).
 """
 
