@@ -192,6 +192,8 @@ def training_step_loss(model: DPANet, node, weak: torch.Tensor, strong: torch.Te
 @TRAINER_REGISTRY.register()
 class DPA(CLIPTrainer):
     """Dual prototypes alignment: LayerNorm + text-prototype self-training with image prototypes."""
+    # per-epoch accumulators carried by intra-epoch checkpoints (TRAIN.CHECKPOINT_EVERY_STEPS)
+    epoch_state_attrs = ("_sums", "_count")
 
     def check_cfg(self, cfg):
         node = cfg.TRAINER.DPA

@@ -225,6 +225,8 @@ def training_step_loss(model: LaFTerNet, weak: torch.Tensor, strong: torch.Tenso
 @TRAINER_REGISTRY.register()
 class LaFTer(CLIPTrainer):
     """LaFTer: text-only classifier (stage 1), then visual prompts + LayerNorms + classifier on pseudo-labels."""
+    # per-epoch accumulators carried by intra-epoch checkpoints (TRAIN.CHECKPOINT_EVERY_STEPS)
+    epoch_state_attrs = ("_pl_sums", "_pl_count")
 
     def check_cfg(self, cfg):
         node = cfg.TRAINER.LAFTER

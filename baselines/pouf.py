@@ -45,6 +45,7 @@ from clipkit.blocks.text_classifier import prompt_ready
 from clipkit.blocks.trainable import TrainedStateMixin
 from clipkit.config import CN, cfg_extension
 from clipkit.dassl import INTERPOLATION_MODES, TRAINER_REGISTRY, build_optimizer
+from clipkit.engine.resumable_loader import dataloader_from, position_seeds
 from clipkit.trainer_base import CLIPTrainer
 
 MODES = ("prompt", "model")
@@ -161,24 +162,36 @@ class FixedLengthLoader:
         generator = torch.Generator().manual_seed(self.base_seed + pass_index)
         return torch.randperm(len(self.dataset), generator=generator).tolist()
 
-    def _loader_from(self, position: int):
-        """DataLoader over the rest of the pass that holds stream ``position``."""
+    def _loader_from(self, position: int, seed_batches: bool = False):
+        """DataLoader over the rest of the pass that holds stream ``position`` (``seed_batches``: each batch reseeds
+        its worker from the stream position, see clipkit/engine/resumable_loader.py)."""
         pass_index, offset = divmod(position, self.batches_per_pass)
         order = self.pass_order(pass_index)[offset * self.batch_size: self.batches_per_pass * self.batch_size]
         generator = torch.Generator().manual_seed(self.base_seed + POSITION_SEED_STRIDE * (position + 1))
-        return torch.utils.data.DataLoader(
+        loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=self.batch_size, sampler=order, num_workers=self.loader.num_workers,
             drop_last=False, pin_memory=self.loader.pin_memory, generator=generator,
         )
+        if not seed_batches:
+            return loader
+        seeds = position_seeds(self.base_seed.to_bytes(8, "little"), offset=position)
+        return dataloader_from(loader, 0, seeds, None)
 
-    def __iter__(self) -> Iterator:
-        position, end = self.epoch * self.length, (self.epoch + 1) * self.length
+    def epoch_batches(self, skip: int = 0, seed_batches: bool = False, after_skip=None) -> Iterator:
+        """The epoch's batches from its ``skip``-th on (intra-epoch resume); nothing here draws from the global
+        generators, so ``after_skip`` runs first."""
+        if after_skip is not None:
+            after_skip()
+        position, end = self.epoch * self.length + skip, (self.epoch + 1) * self.length
         while position < end:
-            for batch in self._loader_from(position):
+            for batch in self._loader_from(position, seed_batches):
                 yield batch
                 position += 1
                 if position == end:
                     return
+
+    def __iter__(self) -> Iterator:
+        return self.epoch_batches()
 
 
 # ------------------------------------------------------------------------------------------------------- model
@@ -237,6 +250,8 @@ class POUFModel(TrainedStateMixin, nn.Module):
 @TRAINER_REGISTRY.register()
 class POUF(CLIPTrainer):
     """Transport + information maximisation between unlabelled batches and the class text features."""
+    # per-epoch accumulators carried by intra-epoch checkpoints (TRAIN.CHECKPOINT_EVERY_STEPS)
+    epoch_state_attrs = ("_epoch_sums", "_epoch_steps")
 
     eval_every_epoch = True  # the official code evaluates after every epoch; logged, never used for selection
 

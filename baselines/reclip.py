@@ -169,6 +169,9 @@ def official_epochs(num_images: int, cap: int, divisor: int, offset: int) -> int
 @TRAINER_REGISTRY.register()
 class ReCLIP(CLIPTrainer):
     """ReCLIP's two-model self-training on label-propagated, cross-modality-agreed pseudo-labels."""
+    # per-epoch state carried by intra-epoch checkpoints (TRAIN.CHECKPOINT_EVERY_STEPS): the epoch's labels
+    # (refreshed in before_epoch from the epoch-start model), their statistics, the skipped batches
+    epoch_state_attrs = ("_labels", "_epoch_metrics", "_skipped_batches")
 
     @classmethod
     def planned_training(cls, cfg, num_train: int, num_classes: int):

@@ -33,6 +33,10 @@ LOCATION_KEYS = (
     "OUTPUT_DIR", "RESUME", "VERBOSE", "DATASET.ROOT", "MODEL.BACKBONE.DOWNLOAD_ROOT", "TRAIN.PRINT_FREQ",
     "TRAIN.CHECKPOINT_FREQ", "TRAIN.CHECKPOINT_KEEP", "TEST.RESULTS_FILE",
 )
+# Keys recorded only when they differ from this default, which reproduces the numbers of the code before the key
+# existed (so that run_config.json and config_digest of older runs stay valid); a missing one compares as the default.
+# TRAIN.CHECKPOINT_EVERY_STEPS > 0 reseeds DataLoader workers per batch (clipkit/engine/resumable_loader.py).
+DEFAULT_OMITTED_KEYS = {"TRAIN.CHECKPOINT_EVERY_STEPS": 0}
 
 
 class RunFolderError(RuntimeError):
@@ -112,7 +116,7 @@ def numerics_config(cfg, node: Optional[str] = None) -> Dict:
     flat = _flatten(cfg)
     kept = {}
     for key, value in flat.items():
-        if key in LOCATION_KEYS:
+        if key in LOCATION_KEYS or (key in DEFAULT_OMITTED_KEYS and value == DEFAULT_OMITTED_KEYS[key]):
             continue
         parts = key.split(".")
         if parts[0] == "TRAINER" and len(parts) > 2 and parts[1] != node:
@@ -123,7 +127,10 @@ def numerics_config(cfg, node: Optional[str] = None) -> Dict:
 
 def config_differences(old: Dict, new: Dict) -> List[Tuple[str, object, object]]:
     """(key, old, new) for the keys present in both with different values (keys on one side only come from a code
-    update that declared or removed a key, not from the user)."""
+    update that declared or removed a key, not from the user; a ``DEFAULT_OMITTED_KEYS`` key missing on one side
+    compares as its default)."""
+    old = dict(DEFAULT_OMITTED_KEYS, **old)
+    new = dict(DEFAULT_OMITTED_KEYS, **new)
     return [(k, old[k], new[k]) for k in sorted(set(old) & set(new)) if _normal(old[k]) != _normal(new[k])]
 
 

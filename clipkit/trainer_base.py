@@ -12,8 +12,11 @@ Checkpoints (clipkit/engine/checkpoint.py, both engines): ``save_model`` / ``res
 so that every checkpoint is written atomically and carries the RNG states, the loader position and the run state
 (per-epoch records, best validation result, training time, peak memory, ``checkpoint_extra_state()``); resuming
 restores all of it, so an interrupted and resumed run writes the ``results.json`` of the uninterrupted run (timing
-fields aside). Only the newest ``TRAIN.CHECKPOINT_KEEP`` epoch checkpoints are kept. A method's evolving state must
-live in a module registered with ``register_model`` (or in ``checkpoint_extra_state``) to be resumed.
+fields aside). Only the newest ``TRAIN.CHECKPOINT_KEEP`` epoch checkpoints are kept. With
+``TRAIN.CHECKPOINT_EVERY_STEPS`` > 0, ``run_epoch`` also writes intra-epoch checkpoints (the newest one kept) and a
+resumed run continues after their step, exactly (``epoch_state_attrs``: a method's per-epoch accumulators). A
+method's evolving state must live in a module registered with ``register_model`` (or in ``checkpoint_extra_state``)
+to be resumed.
 
 Per-epoch records, training time and peak memory are also kept in ``OUTPUT_DIR/run_record.json`` (rewritten after
 each epoch); a finished run re-launched into the same folder (no epoch is trained, the final test runs again)
@@ -25,7 +28,9 @@ from __future__ import annotations
 import os
 import os.path as osp
 import resource
+import signal
 import sys
+import threading
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -33,8 +38,10 @@ import torch
 
 from clipkit import results as results_io
 from clipkit.config import cfg_extension
-from clipkit.dassl import DataManager, TrainerX, load_checkpoint
+from clipkit.dassl import AverageMeter, DataManager, MetricMeter, TrainerX, load_checkpoint
 from clipkit.engine import checkpoint as ckpt
+from clipkit.engine.resumable_loader import epoch_batches, supports_epoch_batches
+from clipkit.engine.trainer import log_batch_progress
 
 RUN_RECORD_FILE = "run_record.json"
 
@@ -52,6 +59,12 @@ def _add_trainer_base_cfg(cfg):
     # and build the PIL-only strong view; weak view and crops are resized on the training device; train.py
     # --views-on-device). Same random draws; the weak view's resize is torchvision's instead of Pillow's (DEVIATIONS.md).
     cfg.DATALOADER.VIEWS = "pil"
+    # Intra-epoch checkpoints: every N optimisation steps of an epoch (counted from the epoch's first batch), write
+    # model.pth.tar-<E>.step<K> (only the newest is kept; the epoch's own checkpoint removes it), so that a run killed
+    # in a long epoch resumes at that step, exactly. 0 = off. Any value > 0 also makes each batch's augmentation a
+    # function of (epoch seed, batch position) in DataLoader workers (clipkit/engine/resumable_loader.py), and a
+    # SIGTERM during training then writes one at the end of the current step before the process stops.
+    cfg.TRAIN.CHECKPOINT_EVERY_STEPS = 0
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -71,6 +84,9 @@ class CLIPTrainer(TrainerX):
     training_free = False
     # DATALOADER.VIEWS places the method's train loader implements ("pil": the transforms as they are).
     supported_views = ("pil",)
+    # Attributes a method accumulates during an epoch (reset in before_epoch, read in after_epoch, e.g. pseudo-label
+    # statistics): intra-epoch checkpoints carry them (values torch.save can write: tensors, numbers, dicts, None).
+    epoch_state_attrs: Tuple[str, ...] = ()
 
     @classmethod
     def planned_training(cls, cfg, num_train: int, num_classes: int) -> Tuple[int, int]:
@@ -91,6 +107,10 @@ class CLIPTrainer(TrainerX):
         self._run_record_final: Optional[Dict] = None
         self._resume_checkpoint: Optional[Dict] = None
         self._check_views_place(cfg)
+        self._mid_epoch_resume: Optional[Dict] = None
+        self._epoch_rng_state: Optional[Dict] = None
+        self._in_steps = False
+        self._stop_requested = False
         super().__init__(cfg)
         self._warn_if_cuda_requested_but_missing()
         self._wrap_evaluator()
@@ -235,27 +255,52 @@ class CLIPTrainer(TrainerX):
 
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
         """Dassl's files, written atomically; epoch checkpoints carry RNG, loader and run state; the ``checkpoint``
-        pointers are written after every model's file, then older epoch checkpoints are pruned."""
-        names = self.get_model_names()
+        pointers are written after every model's file, then older epoch (and all intra-epoch) checkpoints are
+        pruned."""
         file_name = model_name or ckpt.epoch_file(epoch + 1)
-        common = {"epoch": epoch + 1, "val_result": val_result, "format": ckpt.CHECKPOINT_FORMAT}
+        common = {"epoch": epoch + 1, "val_result": val_result}
         if not model_name:
             common.update(rng_state=ckpt.capture_rng_state(), loader_state={"epoch": epoch + 1, "batch": 0},
                           trainer_state=self._trainer_state())
+        self._write_checkpoint_files(directory, file_name, common, pointer=not model_name)
+        if model_name:
+            return
+        keep = int(self.cfg.TRAIN.get("CHECKPOINT_KEEP", 0))
+        for name in self.get_model_names():
+            ckpt.prune_epoch_checkpoints(osp.join(directory, name), keep)
+            ckpt.prune_step_checkpoints(osp.join(directory, name))
+
+    def save_step_checkpoint(self, losses=None) -> str:
+        """``model.pth.tar-<epoch>.step<K>`` after the K-th step of the current epoch (clipkit/engine/checkpoint.py):
+        the epoch-start RNG state, the state now, the method's ``epoch_state_attrs`` and the loss meters; then the
+        pointers, then the older intra-epoch checkpoints are deleted (epoch checkpoints stay)."""
+        steps = self.batch_idx + 1
+        file_name = ckpt.step_file(self.epoch + 1, steps)
+        trainer_state = self._trainer_state()
+        trainer_state["train_time_s"] += time.time() - self._epoch_start
+        trainer_state["epoch_state"] = {name: getattr(self, name, None) for name in self.epoch_state_attrs}
+        trainer_state["meters"] = {} if losses is None else {k: dict(vars(m)) for k, m in losses.meters.items()}
+        common = {"epoch": self.epoch, "step": steps, "val_result": None, "rng_state": self._epoch_rng_state,
+                  "loader_state": {"epoch": self.epoch, "batch": steps, "rng_state": ckpt.capture_rng_state()},
+                  "trainer_state": trainer_state}
+        self._write_checkpoint_files(self.output_dir, file_name, common, pointer=True)
+        for name in self.get_model_names():
+            ckpt.prune_step_checkpoints(osp.join(self.output_dir, name), keep_name=file_name)
+        return file_name
+
+    def _write_checkpoint_files(self, directory, file_name, common, pointer: bool) -> None:
+        names = self.get_model_names()
         for name in names:
             optim, sched = self._optims[name], self._scheds[name]
-            state = dict(common, state_dict=ckpt.strip_module_prefix(self._models[name].state_dict()),
+            state = dict(common, format=ckpt.CHECKPOINT_FORMAT,
+                         state_dict=ckpt.strip_module_prefix(self._models[name].state_dict()),
                          optimizer=None if optim is None else optim.state_dict(),
                          scheduler=None if sched is None else sched.state_dict())
             path = ckpt.atomic_torch_save(state, osp.join(directory, name, file_name))
             print(f"Checkpoint saved to {path}")
-        if model_name:
-            return
-        for name in names:
-            ckpt.write_pointer(osp.join(directory, name), file_name)
-        keep = int(self.cfg.TRAIN.get("CHECKPOINT_KEEP", 0))
-        for name in names:
-            ckpt.prune_epoch_checkpoints(osp.join(directory, name), keep)
+        if pointer:
+            for name in names:
+                ckpt.write_pointer(osp.join(directory, name), file_name)
 
     def resume_model_if_exist(self, directory):
         """Load the newest epoch whose checkpoint reads for every model (a truncated file is moved aside and the
@@ -267,20 +312,32 @@ class CLIPTrainer(TrainerX):
             return 0
         print(f"Found checkpoint at {directory} (will resume training)")
         for name, checkpoint in loaded.items():  # Dassl's resume_from_checkpoint lines
-            print(f'Loading checkpoint from "{osp.join(directory, name, ckpt.epoch_file(checkpoint["epoch"]))}"')
-            self._models[name].load_state_dict(checkpoint["state_dict"])
-            print("Loaded model weights")
-            for holder, key in ((self._optims[name], "optimizer"), (self._scheds[name], "scheduler")):
-                if holder is not None and checkpoint.get(key) is not None:
-                    holder.load_state_dict(checkpoint[key])
-                    print(f"Loaded {key}")
+            step = checkpoint.get("step")
+            file_name = ckpt.epoch_file(checkpoint["epoch"]) if not step else ckpt.step_file(checkpoint["epoch"] + 1,
+                                                                                             step)
+            print(f'Loading checkpoint from "{osp.join(directory, name, file_name)}"')
+            self._load_model_states(name, checkpoint, verbose=True)
             print(f"Previous epoch: {checkpoint['epoch']}")
         first = loaded[names[0]]
         self._resume_checkpoint = first
+        self._mid_epoch_resume = None
+        if first.get("step"):
+            print(f"Resuming inside epoch {first['epoch'] + 1} after its step {first['step']}")
+            self._mid_epoch_resume = dict(first["loader_state"], loaded=loaded)
         if "rng_state" not in first:
             print("Note: a checkpoint without RNG state (older clipkit or Dassl): the resumed run is not bit-identical "
                   "to an uninterrupted one")
         return int(first["epoch"])
+
+    def _load_model_states(self, name, checkpoint, verbose=False) -> None:
+        self._models[name].load_state_dict(checkpoint["state_dict"])
+        if verbose:
+            print("Loaded model weights")
+        for holder, key in ((self._optims[name], "optimizer"), (self._scheds[name], "scheduler")):
+            if holder is not None and checkpoint.get(key) is not None:
+                holder.load_state_dict(checkpoint[key])
+                if verbose:
+                    print(f"Loaded {key}")
 
     def load_model(self, directory, epoch=None):
         """Dassl's ``load_model`` with a message that names ``--load-epoch`` and the epochs available."""
@@ -318,6 +375,8 @@ class CLIPTrainer(TrainerX):
         if record is not None:
             self._run_record_final = record.get("final")
         ckpt.restore_rng_state(resumed.get("rng_state"))  # last: nothing may draw between here and the next epoch
+        self._epoch_rng_state = ckpt.capture_rng_state()
+        self._install_stop_handler()
 
     def before_epoch(self):
         super().before_epoch()
@@ -332,11 +391,112 @@ class CLIPTrainer(TrainerX):
         self._epochs_trained_now += 1
         super().after_epoch()  # best-val test and checkpoints (which carry the state above)
         self._write_run_record(final=None)
+        self._epoch_rng_state = ckpt.capture_rng_state()  # the next epoch starts here (intra-epoch checkpoints)
+        if self._stop_requested:
+            self._stop_now()
 
     def after_train(self):
+        self._restore_stop_handler()
         super().after_train()  # Finish training, deploy, final test(), Elapsed
         if not self.cfg.TEST.NO_TEST:
             self.write_results()
+
+    def run_epoch(self):
+        """Dassl's ``TrainerX.run_epoch`` (same steps, progress lines and scalars) over ``epoch_batches``: it starts
+        after the steps an intra-epoch checkpoint recorded and writes one every TRAIN.CHECKPOINT_EVERY_STEPS steps
+        (and after the step during which a SIGTERM arrived, then stops the process)."""
+        self.set_model_mode("train")
+        losses, batch_time, data_time = MetricMeter(), AverageMeter(), AverageMeter()
+        self.num_batches = len(self.train_loader_x)
+        every = int(self.cfg.TRAIN.get("CHECKPOINT_EVERY_STEPS", 0))
+        skip, after_skip = self._apply_mid_epoch_resume(losses)
+        if every > 0 and not supports_epoch_batches(self.train_loader_x):
+            raise TypeError(f"TRAIN.CHECKPOINT_EVERY_STEPS {every}: {type(self).__name__}'s train loader "
+                            f"{type(self.train_loader_x).__name__} cannot resume inside an epoch; set it to 0.")
+        batches = epoch_batches(self.train_loader_x, skip, every > 0, after_skip)
+        self._in_steps = True
+        end = time.time()
+        try:
+            for self.batch_idx, batch in enumerate(batches, start=skip):
+                data_time.update(time.time() - end)
+                loss_summary = self.forward_backward(batch)
+                batch_time.update(time.time() - end)
+                losses.update(loss_summary)
+                log_batch_progress(self, losses, batch_time, data_time)
+                last = self.batch_idx + 1 == self.num_batches
+                if every > 0 and not last and ((self.batch_idx + 1) % every == 0 or self._stop_requested):
+                    self.save_step_checkpoint(losses)
+                if self._stop_requested and not last:  # after the last step: once the epoch checkpoint exists
+                    self._stop_now()
+                end = time.time()
+        finally:
+            self._in_steps = False
+
+    def _apply_mid_epoch_resume(self, losses):
+        """(batches to skip, callback after the skip) for the epoch an intra-epoch checkpoint was written in; the
+        registered modules are reloaded (``before_epoch`` may have changed them) and the method's epoch state and the
+        loss meters restored. (0, None) otherwise."""
+        pending = self._mid_epoch_resume
+        if not pending or int(pending["epoch"]) != self.epoch:
+            return 0, None
+        self._mid_epoch_resume = None
+        for name, checkpoint in pending["loaded"].items():
+            self._load_model_states(name, checkpoint)
+        state = pending["loaded"][self.get_model_names()[0]]["trainer_state"]
+        for name, value in state.get("epoch_state", {}).items():  # checkpoints load on the CPU
+            setattr(self, name, self._on_devices_like(value, getattr(self, name, None)))
+        for key, values in state.get("meters", {}).items():
+            vars(losses.meters[key]).update(values)
+        rng_state = pending["rng_state"]
+        return int(pending["batch"]), lambda: ckpt.restore_rng_state(rng_state)
+
+    def _on_devices_like(self, value, current):
+        """``value`` with each tensor on the device of the matching tensor of ``current`` (the attribute as
+        ``before_epoch`` left it), else on ``self.device``."""
+        if torch.is_tensor(value):
+            return value.to(current.device if torch.is_tensor(current) else self.device)
+        if isinstance(value, (list, tuple)):
+            same_shape = isinstance(current, (list, tuple)) and len(current) == len(value)
+            currents = current if same_shape else [None] * len(value)
+            return type(value)(self._on_devices_like(v, c) for v, c in zip(value, currents))
+        if isinstance(value, dict):
+            currents = current if isinstance(current, dict) else {}
+            return {k: self._on_devices_like(v, currents.get(k)) for k, v in value.items()}
+        return value
+
+    # --------------------------------------------------------------------------------------- stop on SIGTERM
+    def _install_stop_handler(self) -> None:
+        """With TRAIN.CHECKPOINT_EVERY_STEPS > 0, a SIGTERM (the sweep's stop, Slurm's pre-emption via the task)
+        during the training steps lets the current step finish, writes an intra-epoch checkpoint and then stops the
+        process with SIGTERM's default action; outside the steps (evaluation, checkpoint writes) it acts at once."""
+        self._previous_sigterm = None
+        if int(self.cfg.TRAIN.get("CHECKPOINT_EVERY_STEPS", 0)) <= 0:
+            return
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_sigterm(signum, frame):
+            if self._in_steps:
+                print("SIGTERM: an intra-epoch checkpoint is written after the current step, then the run stops",
+                      flush=True)
+                self._stop_requested = True
+            else:
+                self._stop_now()
+
+        self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _restore_stop_handler(self) -> None:
+        previous = getattr(self, "_previous_sigterm", None)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+            self._previous_sigterm = None
+
+    def _stop_now(self) -> None:
+        """Die of SIGTERM (exit status -15 / 143, as without the handler)."""
+        sys.stdout.flush()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)  # the default action ends the process; never reached
 
     # ---------------------------------------------------------------------------------------------- run record
     def _run_record_path(self) -> str:

@@ -42,7 +42,9 @@ def normalise_log(text, out_dir):
 
 
 def run_backend(backend, args, out_dir):
-    env = dict(os.environ, CLIPKIT_ENGINE=backend, CLIPKIT_EXTRA_PLUGINS=PLUGINS, PYTHONPATH=REPO)
+    # keep the caller's PYTHONPATH: Dassl may be importable through it rather than installed
+    python_path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, CLIPKIT_ENGINE=backend, CLIPKIT_EXTRA_PLUGINS=PLUGINS, PYTHONPATH=python_path)
     proc = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--output-dir", str(out_dir)] + args,
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{backend} run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

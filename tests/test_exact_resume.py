@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from clipkit.engine.checkpoint import checkpoint_epochs
+from clipkit.engine.checkpoint import STEP_FILE, checkpoint_epochs
 import tests.plugins.image_folder_dataset  # noqa: F401  (registers TestImageFolder)
 import tests.plugins.kill_switch as kill_switch
 from tests.conftest import REPO
@@ -77,10 +77,7 @@ def _flat_tensors(obj, prefix=""):
 def assert_same_run(out, expected):
     results, weights = expected
     assert results_without_timing(out) == results
-    resumed = final_weights(out)
-    assert sorted(resumed) == sorted(weights)
-    different = [k for k in weights if not torch.equal(resumed[k], weights[k])]
-    assert not different, different
+    assert_same_run_weights(out, weights)
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +151,127 @@ def test_shipped_configs_of_trained_methods_checkpoint_every_epoch():
                 continue
             data = yaml.safe_load(open(path)) or {}
             assert data.get("TRAIN", {}).get("CHECKPOINT_FREQ") == 1, f"{path}: set TRAIN.CHECKPOINT_FREQ: 1"
+
+
+# ------------------------------------------------------------------------------------ intra-epoch checkpoints
+# Kill inside epoch 2 (of 3) at its intra-epoch checkpoint after step K ("after:2.K") or in the middle of writing it
+# ("during:2.K": the previous checkpoint is used). With DATALOADER.NUM_WORKERS 0, intra-epoch checkpoints change no
+# number, so the resumed run equals the reference run without them (config_digest apart: the key is part of it).
+STEP_CASES = [("MicroCLIP", "after:2.2"), ("MicroCLIP", "during:2.2"), ("UPL", "after:2.1"), ("UPL", "during:2.1"),
+              ("DPA", "after:2.1"), ("LaFTer", "after:2.1"), ("NtUA", "after:2.1"), ("POUF", "after:2.1"),
+              ("ReCLIP", "after:2.1")]
+EVERY_STEP = ["TRAIN.CHECKPOINT_EVERY_STEPS", "1"]
+# UPL trains on the few pseudo-labelled images (one batch of 4): batches of 1 give it several steps per epoch
+STEP_OPTS = {"UPL": ["DATALOADER.TRAIN_X.BATCH_SIZE", "1"]}
+
+
+@pytest.fixture(scope="module")
+def step_reference(reference, image_root, tiny_clip_path, tmp_path_factory):
+    """The uninterrupted run of each method with its STEP_OPTS (the reference run where there are none)."""
+    done = dict(reference)
+    for method, opts in STEP_OPTS.items():
+        out = tmp_path_factory.mktemp(f"step_reference_{method}")
+        run_in_process(argv(method, image_root, tiny_clip_path, out, *opts))
+        done[method] = (results_without_timing(out), final_weights(out))
+    return done
+
+
+def without_digest(expected):
+    results, weights = expected
+    return {k: v for k, v in results.items() if k != "config_digest"}, weights
+
+
+def assert_same_run_but_digest(out, expected):
+    results, weights = without_digest(expected)
+    resumed = results_without_timing(out)
+    assert isinstance(resumed.pop("config_digest"), str)
+    assert resumed == results
+    assert_same_run_weights(out, weights)
+
+
+def assert_same_run_weights(out, weights):
+    resumed = final_weights(out)
+    assert sorted(resumed) == sorted(weights)
+    different = [k for k in weights if not torch.equal(resumed[k], weights[k])]
+    assert not different, different
+
+
+def kill_then_resume(args, spec, monkeypatch, capsys):
+    monkeypatch.setenv(kill_switch.KILL_ENV, spec)
+    monkeypatch.setenv(kill_switch.HOW_ENV, "raise")
+    with pytest.raises(kill_switch.SimulatedKill):
+        run_in_process(args)
+    monkeypatch.delenv(kill_switch.KILL_ENV)
+    torch.manual_seed(12345)  # whatever the process did before, the resumed run restores its own RNG states
+    capsys.readouterr()
+    run_in_process(args)
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method, spec", STEP_CASES)
+def test_killed_inside_an_epoch_and_resumed_equals_the_uninterrupted_run(method, spec, step_reference, image_root,
+                                                                          tiny_clip_path, tmp_path, monkeypatch,
+                                                                          capsys):
+    out = tmp_path / "run"
+    args = argv(method, image_root, tiny_clip_path, out, *STEP_OPTS.get(method, []), *EVERY_STEP)
+    log = kill_then_resume(args, spec, monkeypatch, capsys)
+    when, where = spec.split(":")
+    step = int(where.split(".")[1])
+    if when == "after":
+        assert f"Resuming inside epoch 2 after its step {step}" in log
+    else:
+        assert "is unreadable" in log  # the torn intra-epoch file was detected, the previous checkpoint used
+        assert ("Previous epoch: 1" in log) and (step == 1 or f"after its step {step - 1}" in log)
+    assert_same_run_but_digest(out, step_reference[method])
+    for model_dir in (d for d in out.iterdir() if (d / "checkpoint").is_file()):
+        assert checkpoint_epochs(str(model_dir)) == [EPOCHS]
+        assert not [p.name for p in model_dir.iterdir() if STEP_FILE.match(p.name)]  # removed by the epoch checkpoint
+
+
+def test_intra_epoch_resume_with_two_workers(image_root, tiny_clip_path, tmp_path, monkeypatch, capsys):
+    """With workers, every batch reseeds its worker from its position: the remaining batches of a resumed epoch are
+    the uninterrupted run's (the augmentation included)."""
+    extra = [*STEP_OPTS["UPL"], *EVERY_STEP, "DATALOADER.NUM_WORKERS", "2"]
+    reference_out = tmp_path / "reference"
+    run_in_process(argv("UPL", image_root, tiny_clip_path, reference_out, *extra))
+    expected = (results_without_timing(reference_out), final_weights(reference_out))
+    out = tmp_path / "run"
+    log = kill_then_resume(argv("UPL", image_root, tiny_clip_path, out, *extra), "after:2.1", monkeypatch, capsys)
+    assert "Resuming inside epoch 2 after its step 1" in log
+    assert_same_run(out, expected)
+
+
+def test_sigterm_inside_an_epoch_writes_a_checkpoint_and_resumes(step_reference, image_root, tiny_clip_path,
+                                                                  tmp_path):
+    """SIGTERM (the sweep's stop; a Slurm task's on USR1 pre-emption) during the steps: the current step finishes, an
+    intra-epoch checkpoint is written, the process dies of SIGTERM; the re-launch resumes there, exactly."""
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1",
+               CLIPKIT_EXTRA_PLUGINS="tests.plugins.image_folder_dataset,tests.plugins.kill_switch")
+    cmd = [sys.executable, "-c", "import torch, sys, train; torch.set_num_threads(1); sys.exit(train.cli())",
+           *argv("UPL", image_root, tiny_clip_path, out, *STEP_OPTS["UPL"], "TRAIN.CHECKPOINT_EVERY_STEPS", "1000")]
+    stopped = subprocess.run(cmd, cwd=REPO, env=dict(env, CLIPKIT_TEST_KILL="term:2.1"), capture_output=True,
+                             text=True, timeout=300)
+    assert stopped.returncode == -15, stopped.stderr[-2000:]
+    assert (out / "prompt_learner" / "model.pth.tar-2.step1").is_file()
+    assert not (out / "results.json").exists()
+    resumed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming inside epoch 2 after its step 1" in resumed.stdout
+    assert_same_run_but_digest(out, step_reference["UPL"])
+
+
+def test_shipped_configs_of_the_long_methods_checkpoint_inside_epochs():
+    """An epoch of these methods over a large train split runs for hours: their real-dataset configs checkpoint
+    every TRAIN.CHECKPOINT_EVERY_STEPS steps (the tiny configs need not)."""
+    import glob
+
+    import yaml
+
+    for method in ("MicroCLIP", "DPA", "LaFTer", "ReCLIP"):
+        paths = [p for p in glob.glob(os.path.join(REPO, "configs", "trainers", method, "*.yaml"))
+                 if not p.endswith(("tiny.yaml", "overrides.yaml"))]
+        assert paths, method
+        for path in paths:
+            data = yaml.safe_load(open(path)) or {}
+            assert data["TRAIN"].get("CHECKPOINT_EVERY_STEPS", 0) > 0, f"{path}: set TRAIN.CHECKPOINT_EVERY_STEPS"

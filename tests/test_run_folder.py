@@ -12,7 +12,7 @@ import pytest
 import tests.plugins.image_folder_dataset  # noqa: F401  (registers TestImageFolder)
 import tests.plugins.trivial_trainer  # noqa: F401  (registers TrivialProbe / TrivialZeroShot)
 from clipkit.run_folder import (ConfigMismatchError, RunFolder, RunLockedError, TrainedResultError,
-                                       numerics_config)
+                                       config_differences, numerics_config)
 
 OPTS = ["DATASET.NAME", "TestImageFolder", "USE_CUDA", "False", "DATALOADER.NUM_WORKERS", "0",
         "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "INPUT.SIZE", "(32, 32)", "OPTIM.NAME", "sgd", "OPTIM.LR", "0.5"]
@@ -70,6 +70,21 @@ def test_location_and_cadence_keys_and_other_methods_nodes_do_not_count(finished
     kept = numerics_config(cfg)
     assert "OUTPUT_DIR" not in kept and "TRAINER.UPL.N_CTX" in kept
     assert not any(key.startswith("TRAINER.MICROCLIP.") for key in kept)
+
+
+def test_intra_epoch_checkpoint_key_is_recorded_only_when_on(tiny_image_folder):
+    """TRAIN.CHECKPOINT_EVERY_STEPS 0 (the default) leaves run_config.json and config_digest as before the key
+    existed; a value > 0 (it reseeds DataLoader workers per batch) is recorded and a change against an older record
+    without the key is refused."""
+    import train
+
+    root, _ = tiny_image_folder
+    off = numerics_config(train.setup_cfg(train.build_parser().parse_args(args_for(root, "/tmp/x"))))
+    on = numerics_config(train.setup_cfg(train.build_parser().parse_args(
+        args_for(root, "/tmp/x", "TRAIN.CHECKPOINT_EVERY_STEPS", "100"))))
+    assert "TRAIN.CHECKPOINT_EVERY_STEPS" not in off and on["TRAIN.CHECKPOINT_EVERY_STEPS"] == 100
+    assert config_differences(off, on) == [("TRAIN.CHECKPOINT_EVERY_STEPS", 0, 100)]
+    assert config_differences(off, dict(off)) == []
 
 
 def test_eval_only_refuses_to_overwrite_a_trained_result(finished, tiny_clip_path):

@@ -346,6 +346,8 @@ def training_step_loss(model: MicroCLIPNet, node, plan: ComputePlan, weak, stron
 @TRAINER_REGISTRY.register()
 class MicroCLIP(CLIPTrainer):
     """microCLIP self-training (Algorithm 1) with TokenFusion, SOAP and Dynamic Knowledge Aggregation."""
+    # per-epoch accumulators carried by intra-epoch checkpoints (TRAIN.CHECKPOINT_EVERY_STEPS)
+    epoch_state_attrs = ("_marginal", "_pl_sums", "_pl_count", "_mask_sums", "_mask_count")
 
     supported_views = VIEW_PLACES  # DATALOADER.VIEWS: pil (official), tensor, device
 

@@ -9,14 +9,21 @@ Dassl's own ``resume_from_checkpoint`` / ``load_model`` read it, and adds:
 
 * ``rng_state``: Python ``random``, NumPy's global generator, torch's CPU generator and every CUDA generator, captured
   when the checkpoint is written (after the epoch's evaluations), restored as the last step before the next epoch;
-* ``loader_state``: where the data stream stands (``{"epoch": E, "batch": 0}``: checkpoints are written between
-  epochs; the shuffling order and the workers' seeds of epoch E+1 are drawn from the restored torch generator);
+* ``loader_state``: where the data stream stands (``{"epoch": E, "batch": 0}`` for an epoch checkpoint: the shuffling
+  order and the workers' seeds of epoch E+1 are drawn from the restored torch generator);
 * ``trainer_state``: the toolkit's run state (per-epoch records, best validation result, time, memory) and the
   method's extras (e.g. a GradScaler), so a resumed run reports exactly what the uninterrupted one reports;
 * ``format``: ``CHECKPOINT_FORMAT``.
 
-Loading picks, among the ``model.pth.tar-<E>`` files of every registered model, the newest epoch that loads for all of
-them; a truncated or unreadable file is reported, moved aside and the previous epoch used.
+Intra-epoch checkpoints (``TRAIN.CHECKPOINT_EVERY_STEPS``) have the same format in ``model.pth.tar-<E>.step<K>``
+(epoch E, 1-based, after its K-th step): ``epoch`` is E - 1 (the epochs done), ``step`` is K, ``rng_state`` is the
+state at the start of epoch E (what an epoch checkpoint restores: the resumed epoch re-creates the same loader order),
+``loader_state`` is ``{"epoch": E - 1, "batch": K, "rng_state": <the state after step K>}`` (restored once the first K
+batches are skipped) and ``trainer_state`` also holds the method's per-epoch accumulators (``epoch_state``) and the
+running loss meters (``meters``). Only the newest intra-epoch file is kept; the epoch's own checkpoint removes it.
+
+Loading picks, among the ``model.pth.tar-<E>`` and ``model.pth.tar-<E>.step<K>`` files of every registered model, the
+newest that loads for all of them; a truncated or unreadable file is reported, moved aside and the previous one used.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import os
 import os.path as osp
 import random
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +42,7 @@ from clipkit.run_folder import TMP_MARK, atomic_write_text, fsync_dir  # noqa: F
 CHECKPOINT_FORMAT = "clipkit-checkpoint-1"
 POINTER_FILE = "checkpoint"
 EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
+STEP_FILE = re.compile(r"^model\.pth\.tar-(\d+)\.step(\d+)$")
 CORRUPT_SUFFIX = ".corrupt"
 
 
@@ -144,19 +152,39 @@ def try_load(path: str) -> Optional[Dict]:
     return checkpoint
 
 
+def step_file(epoch: int, step: int) -> str:
+    """``model.pth.tar-<epoch>.step<step>``: epoch ``epoch`` (1-based) after its ``step``-th optimisation step."""
+    return f"model.pth.tar-{epoch}.step{step}"
+
+
+def checkpoint_files(model_dir: str) -> List[Tuple[Tuple[int, int], str]]:
+    """((epochs done, steps into the next epoch), file name) of the epoch and intra-epoch checkpoints in
+    ``model_dir``, newest first."""
+    if not osp.isdir(model_dir):
+        return []
+    found = []
+    for name in os.listdir(model_dir):
+        epoch_match, step_match = EPOCH_FILE.match(name), STEP_FILE.match(name)
+        if epoch_match:
+            found.append(((int(epoch_match.group(1)), 0), name))
+        elif step_match:
+            found.append(((int(step_match.group(1)) - 1, int(step_match.group(2))), name))
+    return sorted(found, reverse=True)
+
+
 def newest_common_checkpoints(directory: str, names: List[str]) -> Optional[Dict[str, Dict]]:
-    """{model name: checkpoint} of the newest epoch whose file loads for every model under ``directory`` (stale
-    temporary files removed first); None when there is none."""
+    """{model name: checkpoint} of the newest (epoch or intra-epoch) checkpoint whose file loads for every model
+    under ``directory`` (stale temporary files removed first); None when there is none."""
     for name in names:
         remove_stale_temp_files(osp.join(directory, name))
     candidates = None
     for name in names:
-        epochs = set(checkpoint_epochs(osp.join(directory, name)))
-        candidates = epochs if candidates is None else candidates & epochs
-    for epoch in sorted(candidates or (), reverse=True):
+        files = set(checkpoint_files(osp.join(directory, name)))
+        candidates = files if candidates is None else candidates & files
+    for _, file_name in sorted(candidates or (), reverse=True):
         loaded = {}
         for name in names:
-            checkpoint = try_load(osp.join(directory, name, epoch_file(epoch)))
+            checkpoint = try_load(osp.join(directory, name, file_name))
             if checkpoint is None:
                 break
             loaded[name] = checkpoint
@@ -180,6 +208,14 @@ def prune_epoch_checkpoints(model_dir: str, keep: int) -> List[str]:
     return removed
 
 
+def prune_step_checkpoints(model_dir: str, keep_name: str = "") -> List[str]:
+    """Delete every intra-epoch checkpoint in ``model_dir`` but ``keep_name``."""
+    removed = [name for _, name in checkpoint_files(model_dir) if STEP_FILE.match(name) and name != keep_name]
+    for name in removed:
+        os.remove(osp.join(model_dir, name))
+    return removed
+
+
 def strip_module_prefix(state_dict) -> Dict:
     from collections import OrderedDict
 
@@ -188,6 +224,7 @@ def strip_module_prefix(state_dict) -> Dict:
 
 __all__ = [
     "CHECKPOINT_FORMAT", "POINTER_FILE", "atomic_torch_save", "atomic_write_text", "capture_rng_state",
-    "checkpoint_epochs", "epoch_file", "newest_common_checkpoints", "prune_epoch_checkpoints",
-    "remove_stale_temp_files", "restore_rng_state", "strip_module_prefix", "temp_path", "try_load", "write_pointer",
+    "checkpoint_epochs", "checkpoint_files", "epoch_file", "newest_common_checkpoints", "prune_epoch_checkpoints",
+    "prune_step_checkpoints", "remove_stale_temp_files", "restore_rng_state", "step_file", "strip_module_prefix",
+    "temp_path", "try_load", "write_pointer",
 ]

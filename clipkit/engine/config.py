@@ -109,6 +109,9 @@ def _build_default() -> CN:
 
     C.TRAIN = CN()
     C.TRAIN.CHECKPOINT_FREQ = 0  # save every N epochs (0: last epoch only)
+    # TRAIN.CHECKPOINT_KEEP (newest epoch checkpoints kept) and TRAIN.CHECKPOINT_EVERY_STEPS (intra-epoch checkpoints
+    # every N optimisation steps, 0 = off) are added by clipkit/trainer_base.py for both engines (real Dassl has
+    # neither): see the comments there and clipkit/engine/checkpoint.py.
     C.TRAIN.PRINT_FREQ = 10  # progress line every N batches
     C.TRAIN.COUNT_ITER = "train_x"  # TrainerXU: train_x | train_u | smaller_one
 

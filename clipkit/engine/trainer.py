@@ -322,25 +322,31 @@ class SimpleTrainer(TrainerBase):
 
     # ----------------------------------------------------------------------------------------- shared progress
     def _after_batch(self, losses, batch_time, data_time):
-        """Print the progress line every TRAIN.PRINT_FREQ batches (every batch when an epoch is shorter) and write
-        ``train/<key>`` running averages and ``train/lr`` at step ``epoch * num_batches + batch_idx``."""
-        print_freq = self.cfg.TRAIN.PRINT_FREQ
-        if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:
-            remaining = self.num_batches - self.batch_idx - 1 + (self.max_epoch - self.epoch - 1) * self.num_batches
-            eta = str(datetime.timedelta(seconds=int(batch_time.avg * remaining)))
-            print(" ".join([
-                f"epoch [{self.epoch + 1}/{self.max_epoch}]",
-                f"batch [{self.batch_idx + 1}/{self.num_batches}]",
-                f"time {batch_time.val:.3f} ({batch_time.avg:.3f})",
-                f"data {data_time.val:.3f} ({data_time.avg:.3f})",
-                f"{losses}",
-                f"lr {self.get_current_lr():.4e}",
-                f"eta {eta}",
-            ]))
-        n_iter = self.epoch * self.num_batches + self.batch_idx
-        for name, meter in losses.meters.items():
-            self.write_scalar("train/" + name, meter.avg, n_iter)
-        self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+        log_batch_progress(self, losses, batch_time, data_time)
+
+
+def log_batch_progress(trainer, losses, batch_time, data_time):
+    """Dassl's per-batch bookkeeping of ``TrainerX.run_epoch``: the progress line every TRAIN.PRINT_FREQ batches
+    (every batch when an epoch is shorter) and ``train/<key>`` running averages and ``train/lr`` at step
+    ``epoch * num_batches + batch_idx`` (shared by both engines through ``CLIPTrainer.run_epoch``)."""
+    print_freq = trainer.cfg.TRAIN.PRINT_FREQ
+    if (trainer.batch_idx + 1) % print_freq == 0 or trainer.num_batches < print_freq:
+        remaining = (trainer.num_batches - trainer.batch_idx - 1
+                     + (trainer.max_epoch - trainer.epoch - 1) * trainer.num_batches)
+        eta = str(datetime.timedelta(seconds=int(batch_time.avg * remaining)))
+        print(" ".join([
+            f"epoch [{trainer.epoch + 1}/{trainer.max_epoch}]",
+            f"batch [{trainer.batch_idx + 1}/{trainer.num_batches}]",
+            f"time {batch_time.val:.3f} ({batch_time.avg:.3f})",
+            f"data {data_time.val:.3f} ({data_time.avg:.3f})",
+            f"{losses}",
+            f"lr {trainer.get_current_lr():.4e}",
+            f"eta {eta}",
+        ]))
+    n_iter = trainer.epoch * trainer.num_batches + trainer.batch_idx
+    for name, meter in losses.meters.items():
+        trainer.write_scalar("train/" + name, meter.avg, n_iter)
+    trainer.write_scalar("train/lr", trainer.get_current_lr(), n_iter)
 
 
 class TrainerX(SimpleTrainer):
@@ -400,4 +406,5 @@ class TrainerXU(SimpleTrainer):
         return (batch_x["img"].to(self.device), batch_x["label"].to(self.device), batch_u["img"].to(self.device))
 
 
-__all__ = ["TRAINER_REGISTRY", "build_trainer", "TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU"]
+__all__ = ["TRAINER_REGISTRY", "build_trainer", "log_batch_progress", "TrainerBase", "SimpleTrainer", "TrainerX",
+           "TrainerXU"]
