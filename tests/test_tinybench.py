@@ -299,11 +299,11 @@ def test_reader_reports_classes_sizes_and_text_resources(small_benchmark, tmp_pa
         TinyFineGrained(_reader_cfg(str(tmp_path)))
 
 
-def _short_microclip_run(script, root, checkpoint, out):
-    """One epoch of MicroCLIP's tiny config on the small benchmark through ``script`` (train.py's CLI); results.json."""
-    cmd = [sys.executable, script, "--root", root, "--trainer", "MicroCLIP", "--seed", "1",
+def _short_microclip_run(script, root, checkpoint, out, trainer="MicroCLIP"):
+    """One epoch of a trainer's tiny config on the small benchmark through ``script`` (train.py's CLI); results.json."""
+    cmd = [sys.executable, script, "--root", root, "--trainer", trainer, "--seed", "1",
            "--dataset-config-file", os.path.join(REPO, "configs", "datasets", "tiny.yaml"),
-           "--config-file", os.path.join(REPO, "configs", "trainers", "MicroCLIP", "tiny.yaml"),
+           "--config-file", os.path.join(REPO, "configs", "trainers", trainer, "tiny.yaml"),
            "--output-dir", str(out), "MODEL.BACKBONE.NAME", checkpoint, "OPTIM.MAX_EPOCH", "1",
            "DATALOADER.TRAIN_X.BATCH_SIZE", "16", "DATALOADER.NUM_WORKERS", "0", "USE_CUDA", "False"]
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
@@ -374,3 +374,15 @@ def test_object_patches_are_the_half_covered_patches_or_the_most_covered_one():
     tiny_share = (regions.region_map(tiny, 64) == regions.OBJECT).reshape(8, 8, 8, 8).mean(axis=(1, 3)).reshape(-1)
     assert tiny_share.max() < 0.5
     assert regions.object_patches(tiny, 64, 8).tolist() == [i == tiny_share.argmax() for i in range(64)]
+
+
+@pytest.mark.parametrize("trainer,key", [("UPL", "pl_subset_accuracy"), ("DPA", "pl_accuracy")])
+def test_oracle_labels_script_patches_other_methods(small_benchmark, tiny_clip_path, tmp_path, trainer, key):
+    """The oracle's substitution for an offline pseudo-labeller (UPL's kept subset) and a per-batch one (DPA): the
+    logged pseudo-label accuracy reads 100 (a random-init CLIP's own labels are near chance)."""
+    root, _ = small_benchmark
+    results = _short_microclip_run(os.path.join(REPO, "benchmarks", "tiny_oracle_labels.py"), root, tiny_clip_path,
+                                   tmp_path / "run", trainer=trainer)
+    found = [r[key] for r in [results] + results["epochs"] if key in r]
+    found += [v[key] for v in results.values() if isinstance(v, dict) and key in v]
+    assert found and all(value == pytest.approx(100.0) for value in found), results
