@@ -115,14 +115,20 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_one(method, when, refer
     assert model_dirs and all(checkpoint_epochs(str(d)) == [EPOCHS] for d in model_dirs)  # only the newest is kept
 
 
+def upl_subprocess(train_argv):
+    """(command, environment) of train.py with ``train_argv`` in a fresh interpreter (one thread, the test plugins)."""
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1",
+               CLIPKIT_EXTRA_PLUGINS="tests.plugins.image_folder_dataset,tests.plugins.kill_switch")
+    cmd = [sys.executable, "-c", "import torch, sys, train; torch.set_num_threads(1); sys.exit(train.cli())",
+           *train_argv]
+    return cmd, env
+
+
 def test_sigkill_during_a_checkpoint_write_then_resume(reference, image_root, tiny_clip_path, tmp_path):
     """A real SIGKILL in the middle of the write (a fresh interpreter each time): the half-written temporary file
     is ignored and removed, the previous checkpoint is used, and the result equals the uninterrupted run's."""
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1",
-               CLIPKIT_EXTRA_PLUGINS="tests.plugins.image_folder_dataset,tests.plugins.kill_switch")
-    cmd = [sys.executable, "-c", "import torch, sys, train; torch.set_num_threads(1); sys.exit(train.cli())",
-           *argv("UPL", image_root, tiny_clip_path, out)]
+    cmd, env = upl_subprocess(argv("UPL", image_root, tiny_clip_path, out))
     killed = subprocess.run(cmd, cwd=REPO, env=dict(env, CLIPKIT_TEST_KILL="during:2"), capture_output=True,
                             text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -246,10 +252,8 @@ def test_sigterm_inside_an_epoch_writes_a_checkpoint_and_resumes(step_reference,
     """SIGTERM (the sweep's stop; a Slurm task's on USR1 pre-emption) during the steps: the current step finishes, an
     intra-epoch checkpoint is written, the process dies of SIGTERM; the re-launch resumes there, exactly."""
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1",
-               CLIPKIT_EXTRA_PLUGINS="tests.plugins.image_folder_dataset,tests.plugins.kill_switch")
-    cmd = [sys.executable, "-c", "import torch, sys, train; torch.set_num_threads(1); sys.exit(train.cli())",
-           *argv("UPL", image_root, tiny_clip_path, out, *STEP_OPTS["UPL"], "TRAIN.CHECKPOINT_EVERY_STEPS", "1000")]
+    cmd, env = upl_subprocess(argv("UPL", image_root, tiny_clip_path, out, *STEP_OPTS["UPL"],
+                                   "TRAIN.CHECKPOINT_EVERY_STEPS", "1000"))
     stopped = subprocess.run(cmd, cwd=REPO, env=dict(env, CLIPKIT_TEST_KILL="term:2.1"), capture_output=True,
                              text=True, timeout=300)
     assert stopped.returncode == -15, stopped.stderr[-2000:]
