@@ -63,7 +63,7 @@ class PretrainRecipe:
     # are text-aligned (MaskCLIP; microCLIP Table 7: local logits alone 57.8%), which microCLIP's [FG] branch relies
     # on; a 3-layer CLIP trained 1,500 steps on [CLS] alone does not acquire it ([FG] logits at 5-9%, chance 5%).
     # With the object pooling below, [FG] on the true object reaches 51.6% against [CLS] 54.4% (issue 17 asks for at
-    # least as much; weight 2 is the untested next step: its pretraining did not finish within the session).
+    # least as much); weights 2 and 3 give -0.8 and -1.4 points (benchmarks/tiny_results.md).
     dense_alignment_weight: float = 1.0
     # Image-text similarity of that term: mean of the k best token similarities (1 = FILIP's token-wise max; 0 = the
     # mean-pooled token, which made every token carry the whole image); used when ``dense_alignment_pool`` is "top_k".
