@@ -136,4 +136,16 @@ def assert_updated_exactly(model, trainable: Iterable[str], before: Dict[str, to
             assert torch.equal(param, before[name]), f"frozen parameter {name} changed"
 
 
-__all__ = ["assert_no_label_leak", "assert_updated_exactly", "permuted_label_datums", "permuted_train_labels"]
+# Python source of a stand-in train.py's first lines (tests of the sweep and Slurm layers): parses the command line the
+# sweep gives train.py (clipkit.sweep.train_command) into ``args``; the stand-in's own body follows it.
+STAND_IN_TRAIN_ARGS = """import argparse, json, os, sys, time
+parser = argparse.ArgumentParser()
+for flag in ("--root", "--seed", "--trainer", "--dataset-config-file", "--config-file", "--output-dir"):
+    parser.add_argument(flag)
+parser.add_argument("--eval-only", action="store_true")
+parser.add_argument("opts", nargs="*")
+args = parser.parse_args()
+"""
+
+
+__all__ = ["STAND_IN_TRAIN_ARGS", "assert_no_label_leak", "assert_updated_exactly", "permuted_label_datums", "permuted_train_labels"]

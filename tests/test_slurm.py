@@ -9,14 +9,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import textwrap
 import time
 
 import pytest
 
-import output_parser
 from clipkit import slurm, sweep
+from clipkit.testing import STAND_IN_TRAIN_ARGS
 from clipkit.tinybench import generate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,15 +50,8 @@ def slurm_cluster(tmp_path_factory):
 
 # "epochs" of EPOCH_S seconds with a checkpoint file after each; a restart resumes from it (like the engine's exact
 # resume). CuPL crashes like Python does. Each epoch line records SLURM_RESTART_COUNT.
-FAKE_TRAIN = textwrap.dedent(
+FAKE_TRAIN = STAND_IN_TRAIN_ARGS + textwrap.dedent(
     """
-    import argparse, json, os, sys, time
-    parser = argparse.ArgumentParser()
-    for flag in ("--root", "--seed", "--trainer", "--dataset-config-file", "--config-file", "--output-dir"):
-        parser.add_argument(flag)
-    parser.add_argument("--eval-only", action="store_true")
-    parser.add_argument("opts", nargs="*")
-    args = parser.parse_args()
     if args.trainer == "CuPL":
         sys.stderr.write("Traceback (most recent call last):\\nValueError: DATASET.ROOT /nope has no images\\n")
         sys.exit(1)

@@ -10,19 +10,13 @@ import pytest
 
 import output_parser
 from clipkit import sweep
+from clipkit.testing import STAND_IN_TRAIN_ARGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Stands in for train.py in the fast tests: trainer "Good" writes results.json, "Bad" crashes like Python does.
-FAKE_TRAIN = textwrap.dedent(
+FAKE_TRAIN = STAND_IN_TRAIN_ARGS + textwrap.dedent(
     """
-    import argparse, json, os, sys
-    parser = argparse.ArgumentParser()
-    for flag in ("--root", "--seed", "--trainer", "--dataset-config-file", "--config-file", "--output-dir"):
-        parser.add_argument(flag)
-    parser.add_argument("--eval-only", action="store_true")
-    parser.add_argument("opts", nargs="*")
-    args = parser.parse_args()
     with open(os.environ["FAKE_TRAIN_CALLS"], "a") as calls:
         calls.write(json.dumps({"trainer": args.trainer, "seed": args.seed, "eval_only": args.eval_only,
                                 "opts": args.opts, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\\n")
