@@ -299,7 +299,7 @@ def test_reader_reports_classes_sizes_and_text_resources(small_benchmark, tmp_pa
         TinyFineGrained(_reader_cfg(str(tmp_path)))
 
 
-def _short_microclip_run(script, root, checkpoint, out, trainer="MicroCLIP"):
+def _short_run(script, root, checkpoint, out, trainer="MicroCLIP"):
     """One epoch of a trainer's tiny config on the small benchmark through ``script`` (train.py's CLI); results.json."""
     cmd = [sys.executable, script, "--root", root, "--trainer", trainer, "--seed", "1",
            "--dataset-config-file", os.path.join(REPO, "configs", "datasets", "tiny.yaml"),
@@ -312,7 +312,7 @@ def _short_microclip_run(script, root, checkpoint, out, trainer="MicroCLIP"):
     return json.loads((out / "results.json").read_text())
 
 
-def test_short_microclip_run_through_train_py(small_benchmark, tmp_path, one_thread):
+def test_short_run_through_train_py(small_benchmark, tmp_path, one_thread):
     """The real pipeline on the benchmark: generated data, a shortly pretrained CLIP, MicroCLIP via train.py."""
     if not os.path.isfile(os.path.join(REPO, "trainers", "microclip.py")):
         pytest.skip("trainers/microclip.py not present")
@@ -320,7 +320,7 @@ def test_short_microclip_run_through_train_py(small_benchmark, tmp_path, one_thr
     model, history = pretrain.pretrain(SHORT_RECIPE.shortened(steps=10), log=None)
     checkpoint = pretrain.save_pretrained(model, history, SHORT_RECIPE, str(tmp_path / "bench.pt"))
     out = tmp_path / "run"
-    results = _short_microclip_run(os.path.join(REPO, "train.py"), root, checkpoint, out)
+    results = _short_run(os.path.join(REPO, "train.py"), root, checkpoint, out)
     assert results["method"] == "MicroCLIP" and results["dataset"] == "tiny" and results["num_test"] == 40
     assert 0.0 <= results["accuracy_last"] <= 100.0 and len(results["epochs"]) == 1
 
@@ -344,7 +344,7 @@ def test_oracle_labels_script_trains_microclip_on_the_true_labels(small_benchmar
     """benchmarks/tiny_oracle_labels.py: the trainer's own run, pseudo-labels swapped for the truth (pl_accuracy 100;
     a random-init CLIP's own pseudo-labels on 20 classes are far from that)."""
     root, _ = small_benchmark
-    results = _short_microclip_run(os.path.join(REPO, "benchmarks", "tiny_oracle_labels.py"), root, tiny_clip_path,
+    results = _short_run(os.path.join(REPO, "benchmarks", "tiny_oracle_labels.py"), root, tiny_clip_path,
                                    tmp_path / "run")
     assert results["method"] == "MicroCLIP" and len(results["epochs"]) == 1
     assert results["epochs"][0]["pl_accuracy"] == pytest.approx(100.0)
@@ -381,7 +381,7 @@ def test_oracle_labels_script_patches_other_methods(small_benchmark, tiny_clip_p
     """The oracle's substitution for an offline pseudo-labeller (UPL's kept subset) and a per-batch one (DPA): the
     logged pseudo-label accuracy reads 100 (a random-init CLIP's own labels are near chance)."""
     root, _ = small_benchmark
-    results = _short_microclip_run(os.path.join(REPO, "benchmarks", "tiny_oracle_labels.py"), root, tiny_clip_path,
+    results = _short_run(os.path.join(REPO, "benchmarks", "tiny_oracle_labels.py"), root, tiny_clip_path,
                                    tmp_path / "run", trainer=trainer)
     found = [r[key] for r in [results] + results["epochs"] if key in r]
     found += [v[key] for v in results.values() if isinstance(v, dict) and key in v]

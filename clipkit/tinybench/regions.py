@@ -31,25 +31,28 @@ def region_map(scene: Scene, image_size: int) -> np.ndarray:
     return labels
 
 
+def patch_shares(labels: np.ndarray, patch_size: int, region: int) -> np.ndarray:
+    """(H, W) region labels -> (n,) fraction of each ViT patch's pixels labelled ``region``, row-major like the patch
+    tokens."""
+    grid = labels.shape[0] // patch_size
+    patches = labels[: grid * patch_size, : grid * patch_size].reshape(grid, patch_size, grid, patch_size)
+    return (patches.transpose(0, 2, 1, 3).reshape(grid * grid, -1) == region).mean(axis=1)
+
+
 def patch_regions(labels: np.ndarray, patch_size: int, share: float = 0.5) -> np.ndarray:
     """(H, W) region labels -> (n,) label per ViT patch, row-major like the patch tokens: ``OBJECT`` where the object
     covers at least ``share`` of the patch, else ``DISTRACTOR`` where distractors do, else ``BACKGROUND``."""
-    grid = labels.shape[0] // patch_size
-    patches = labels[: grid * patch_size, : grid * patch_size].reshape(grid, patch_size, grid, patch_size)
-    patches = patches.transpose(0, 2, 1, 3).reshape(grid * grid, -1)
-    out = np.where((patches == DISTRACTOR).mean(axis=1) >= share, DISTRACTOR, BACKGROUND)
-    return np.where((patches == OBJECT).mean(axis=1) >= share, OBJECT, out).astype(np.int64)
+    out = np.where(patch_shares(labels, patch_size, DISTRACTOR) >= share, DISTRACTOR, BACKGROUND)
+    return np.where(patch_shares(labels, patch_size, OBJECT) >= share, OBJECT, out).astype(np.int64)
 
 
 def object_patches(scene: Scene, image_size: int, patch_size: int) -> np.ndarray:
-    """(n,) bool: the patches the class object covers at least half of (``patch_regions``); when none does (a small
-    object across patch borders), the patch it covers most."""
-    labels = region_map(scene, image_size)
-    mask = patch_regions(labels, patch_size) == OBJECT
+    """(n,) bool: the patches the class object covers at least half of (``OBJECT`` in ``patch_regions``); when none
+    does (a small object across patch borders), the patch it covers most."""
+    share = patch_shares(region_map(scene, image_size), patch_size, OBJECT)
+    mask = share >= 0.5
     if not mask.any():
-        grid = image_size // patch_size
-        share = (labels[: grid * patch_size, : grid * patch_size] == OBJECT).reshape(grid, patch_size, grid, patch_size)
-        mask[int(share.mean(axis=(1, 3)).argmax())] = True
+        mask[int(share.argmax())] = True
     return mask
 
 

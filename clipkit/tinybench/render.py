@@ -265,18 +265,17 @@ def pattern_distance(pattern: str, u, v, period: float, duty: float, spot_radius
 
     stripes: bands across the long axis, ``duty * period`` wide; spots: discs of ``spot_radius`` on a staggered
     lattice of pitch ``period``; checks: a checkerboard of ``period / 2`` squares (pretraining only)."""
+    if pattern not in PATTERNS:
+        raise ValueError(f"unknown pattern {pattern!r}; known: {PATTERNS}")
     a = np.mod(u / period + phase[0], 1.0) * period - period / 2  # offset to the nearest band centre, in [-p/2, p/2)
     if pattern == "stripes":
         return np.abs(a) - duty * period / 2
-    row = np.floor(v / period + phase[1])
-    if pattern == "spots":
-        a = np.mod(u / period + phase[0] + 0.5 * np.mod(row, 2), 1.0) * period - period / 2
-        b = np.mod(v / period + phase[1], 1.0) * period - period / 2
-        return np.hypot(a, b) - spot_radius
+    b = np.mod(v / period + phase[1], 1.0) * period - period / 2  # the same along v
     if pattern == "checks":
-        b = np.mod(v / period + phase[1], 1.0) * period - period / 2
         return -np.sign(a * b) * np.minimum(np.abs(a), np.abs(b))  # inside where a and b share a sign
-    raise ValueError(f"unknown pattern {pattern!r}; known: {PATTERNS}")
+    odd_row = np.mod(np.floor(v / period + phase[1]), 2)  # spots: every other row shifted by half a period
+    a = np.mod(u / period + phase[0] + 0.5 * odd_row, 1.0) * period - period / 2
+    return np.hypot(a, b) - spot_radius
 
 
 def _local(xs, ys, centre, angle):
