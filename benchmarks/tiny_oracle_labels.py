@@ -40,22 +40,21 @@ from typing import Callable, Dict, List
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-TRAINABLE = ("MicroCLIP", "UPL", "POUF", "LaFTer", "ReCLIP", "DPA", "NtUA")
 ZERO_SHOT = "ZeroshotCLIP"
 DEFAULT_MARGIN = 5.0  # issue 17, point 3: every oracle ends at least this many points above zero-shot
 
 _truth: Dict[str, object] = {}  # what the patched steps read: the current batch's / split's true labels
 
 
-def _keep_batch_labels(cls, method: str = "forward_backward") -> None:
-    """Wrap ``cls.<method>(self, batch)`` to store the batch's true labels (on the trainer's device) first."""
-    original = getattr(cls, method)
+def _keep_batch_labels(cls) -> None:
+    """Wrap ``cls.forward_backward(self, batch)`` to store the batch's true labels (on the trainer's device) first."""
+    original = cls.forward_backward
 
     def wrapped(self, batch, *args, **kwargs):
         _truth["batch"] = batch["label"].to(self.device)
         return original(self, batch, *args, **kwargs)
 
-    setattr(cls, method, wrapped)
+    cls.forward_backward = wrapped
 
 
 def patch_microclip() -> None:
@@ -181,6 +180,7 @@ PATCHES: Dict[str, Callable[[], None]] = {
     "MicroCLIP": patch_microclip, "UPL": patch_upl, "POUF": patch_pouf, "LaFTer": patch_lafter,
     "ReCLIP": patch_reclip, "DPA": patch_dpa, "NtUA": patch_ntua,
 }
+TRAINABLE = tuple(PATCHES)  # every trainable method, in the sweep's order
 
 
 def run_with_truth(train_args: List[str]) -> None:
