@@ -201,10 +201,12 @@ def load_or_compute(
     """Features for ``key``: read from the cache, or ``compute()`` them (dict of CPU tensors, first dim = images).
 
     With ``enabled=False`` the cache is neither read nor written. Unreadable or inconsistent files are rebuilt with a
-    ``FeatureCacheWarning`` naming the file and the reason.
+    ``FeatureCacheWarning`` naming the file and the reason. ``compute()`` runs with the global random generators saved
+    and restored (a DataLoader draws its base seed from torch's), so what a run draws afterwards is the same whether
+    the features came from the file or were computed (a hit and a miss give the same training run).
     """
     if not enabled:
-        return _checked(compute(), key)
+        return _checked(_without_drawing(compute), key)
     path = cache_file(key, root)
     if os.path.isfile(path):
         try:
@@ -220,9 +222,20 @@ def load_or_compute(
             )
     what = f"{key['num_crops']} crops per image, crop seed {key['crop_seed']}" if key["num_crops"] else "images"
     log(f"Feature cache miss: computing {key['dataset']}/{key['split']} features ({what}) -> {path}")
-    tensors = _checked(compute(), key)
+    tensors = _checked(_without_drawing(compute), key)
     _atomic_save({"key": key, "tensors": tensors, "checksum": _checksum(tensors)}, path)
     return tensors
+
+
+def _without_drawing(compute: Callable[[], Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    """``compute()`` with the Python, NumPy and torch (CPU, CUDA) generators restored afterwards."""
+    from clipkit.engine.checkpoint import capture_rng_state, restore_rng_state
+
+    state = capture_rng_state()
+    try:
+        return compute()
+    finally:
+        restore_rng_state(state)
 
 
 def _checked(tensors: Dict[str, torch.Tensor], key: Dict) -> Dict[str, torch.Tensor]:

@@ -53,6 +53,42 @@ def test_hit_returns_identical_tensors_without_recomputing(tmp_path):
     assert not glob.glob(str(tmp_path / "**" / "*.tmp*"), recursive=True)  # atomic write left no temporary file
 
 
+def _drawing_compute():
+    """An extractor that draws from every global generator, as iterating a DataLoader draws torch's base seed."""
+    import random
+
+    import numpy as np
+
+    list(torch.utils.data.DataLoader(list(range(4)), batch_size=2, shuffle=True))
+    random.random()
+    np.random.rand()
+    return {"features": torch.ones(5, 8)}
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_miss_leaves_the_global_generators_as_a_hit_does(tmp_path, enabled):
+    """What a run draws after reading its features does not depend on the cache's state (DPA's result did)."""
+    import random
+
+    import numpy as np
+
+    def draws_after(load):
+        torch.manual_seed(7)
+        random.seed(7)
+        np.random.seed(7)
+        load()
+        return torch.rand(3), random.random(), float(np.random.rand())
+
+    def load():
+        return _quiet(_key(), _drawing_compute, root=str(tmp_path), enabled=enabled)
+
+    undisturbed = draws_after(lambda: None)
+    miss = draws_after(load)  # computes (and, when enabled, writes the file)
+    hit = draws_after(load)  # reads the file when enabled
+    for after in (miss, hit):
+        assert torch.equal(after[0], undisturbed[0]) and after[1:] == undisturbed[1:]
+
+
 @pytest.mark.parametrize(
     "change",
     [
