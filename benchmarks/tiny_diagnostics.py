@@ -10,7 +10,11 @@ Prints, on the test split (top-1 %, chance 5%):
   of the NCut mask (region labels from re-rendering the test scenes);
 * a linear probe of the frozen [CLS] features trained with the TRUE train labels (what the features separate);
 * an oracle LayerNorm + classifier tuning with the TRUE train labels, the parameters microCLIP tunes (what LN tuning
-  can reach at all on this backbone).
+  can reach at all on this backbone);
+* with ``--views``: whether the methods' training views keep the class (zero-shot accuracy, overall and per class
+  attribute, on the test images seen through each view: single ops and the methods' strong views), and the same oracle
+  tuning trained on one such view per train image instead of the clean image (what training on that view with
+  perfect labels does to the clean test accuracy).
 
 The oracles use labels that no unsupervised method sees: they bound what adaptation can gain, they are not results.
 
@@ -20,13 +24,14 @@ on average; the [FG] token with the true object as its mask is at least as accur
 object); the linear probe is at least 10 points above zero-shot (room to adapt). ``--check`` exits with status 1 when
 one fails.
 
-    .venv/bin/python benchmarks/tiny_diagnostics.py [--checkpoint tiny-clip-bench] [--data-root DIR] [--check]
+    .venv/bin/python benchmarks/tiny_diagnostics.py [--checkpoint tiny-clip-bench] [--data-root DIR] [--check] [--views]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 
 import numpy as np
@@ -37,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from clipkit.blocks.ncut import ncut_mask  # noqa: E402
 from clipkit.blocks.patch_tap import encode_image_tapped  # noqa: E402
-from clipkit.blocks.soap import SaliencyAttentionPool, project_fg_token  # noqa: E402
+from clipkit.blocks.soap import SaliencyAttentionPool, masked_token_mean, project_fg_token  # noqa: E402
 from clipkit.clip import load_clip  # noqa: E402
 from clipkit.tinybench import default_data_root, register_checkpoint  # noqa: E402
 from clipkit.tinybench.evaluate import text_classifier  # noqa: E402
@@ -59,6 +64,54 @@ PROPERTIES = (
     ("[FG] with the true object mask minus [CLS] (points)", "fg_object_gain", 0.0, None),
     ("linear probe (TRUE labels) minus zero-shot (points)", "probe_gain", 10.0, None),
 )
+
+
+ATTRIBUTES = ("pattern", "colour", "head")  # the class attributes recorded per class in metadata.json
+GREY_FILL = (124, 116, 104)  # CLIP's pixel mean in 0-255: the fill of the grey-fill variants below
+ROTATION_DEG = 30.0  # RandAugment's rotation at magnitude 10 (timm: 30 degrees)
+
+
+def view_probes(size: int) -> dict:
+    """Named PIL -> PIL / uint8 tensor views for ``--views``: single ops of the methods' augmentations and their whole
+    strong views (microCLIP / DPA: RandomResizedCrop + flip + timm RandAugment, fill 0; LaFTer: SimSiam's)."""
+    from PIL import ImageOps
+    from torchvision import transforms as T
+
+    from clipkit.blocks.views import simsiam_transform, strong_transform
+
+    bilinear = T.InterpolationMode.BILINEAR
+    return {
+        "identity": lambda image: image,
+        "horizontal flip": ImageOps.mirror,
+        "invert": ImageOps.invert,
+        "solarize (threshold 128)": lambda image: ImageOps.solarize(image, 128),
+        "grayscale": lambda image: image.convert("L").convert("RGB"),
+        "hue jitter 0.1": T.ColorJitter(hue=0.1),
+        f"rotate up to {ROTATION_DEG:g} deg, black fill": T.RandomRotation(ROTATION_DEG, interpolation=bilinear),
+        f"rotate up to {ROTATION_DEG:g} deg, grey fill": T.RandomRotation(ROTATION_DEG, interpolation=bilinear,
+                                                                         fill=GREY_FILL),
+        "random resized crop (0.3, 1)": T.RandomResizedCrop(size, scale=(0.3, 1.0),
+                                                            interpolation=T.InterpolationMode.BICUBIC),
+        "microCLIP / DPA strong view": strong_transform((size, size), (0.3, 1.0), 0.5, "rand-m9-mstd0.5-inc1"),
+        "LaFTer strong view": simsiam_transform((size, size), (0.2, 1.0)),
+    }
+
+
+def apply_view(view, images: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 through a PIL view, one draw per image -> (N, H, W, 3) uint8."""
+    from PIL import Image
+
+    out = []
+    for image in images:
+        viewed = view(Image.fromarray(image))
+        out.append(viewed.permute(1, 2, 0).numpy() if isinstance(viewed, torch.Tensor) else np.asarray(viewed))
+    return np.stack(out)
+
+
+def attribute_accuracy(predicted: np.ndarray, labels: np.ndarray, classes) -> dict:
+    """% of images whose predicted class has the true class's value of each attribute in ``ATTRIBUTES``."""
+    return {name: float(100.0 * np.mean([classes[p][name] == classes[t][name] for p, t in zip(predicted, labels)]))
+            for name in ATTRIBUTES}
 
 
 def check_properties(measured: dict):
@@ -142,6 +195,32 @@ def oracle_layernorm_tuning(model, classifier, train_x, train_y, test_x, test_y,
     return curve
 
 
+def measure_views(args, classifier, classes, train_x, train_y, test_x, test_y) -> None:
+    """``--views``: zero-shot through each of ``view_probes`` (overall and per attribute), then the oracle tuning on
+    one draw of each training view per train image, from a fresh copy of the checkpoint each time."""
+    model = load_clip(args.checkpoint).float().eval()  # the oracle tuning above changed the other copy's LayerNorms
+    random.seed(0)  # timm's RandAugment draws from Python's random; the crops and rotations from torch's (seeded)
+    probes = view_probes(test_x.shape[1])
+    print(f"\nzero-shot on the test images seen through a view (one draw each): top-1 / "
+          f"{' / '.join(ATTRIBUTES)} right")
+    for name, view in probes.items():
+        predicted = (encode(model, apply_view(view, test_x))[0] @ classifier.t()).argmax(dim=-1).numpy()
+        per_attribute = attribute_accuracy(predicted, test_y, classes)
+        print(f"  {name:56s} {100.0 * np.mean(predicted == test_y):5.1f}  "
+              + " / ".join(f"{per_attribute[a]:5.1f}" for a in ATTRIBUTES))
+    if not args.oracle_steps:
+        return
+    print(f"oracle LN + classifier tuning (TRUE labels, {args.oracle_steps} steps) on one view per train image; "
+          "clean test accuracy")
+    for name in ("identity", "random resized crop (0.3, 1)", f"rotate up to {ROTATION_DEG:g} deg, black fill",
+                 f"rotate up to {ROTATION_DEG:g} deg, grey fill", "microCLIP / DPA strong view", "LaFTer strong view"):
+        torch.manual_seed(0)
+        fresh = load_clip(args.checkpoint).float().eval()
+        curve = oracle_layernorm_tuning(fresh, classifier, apply_view(probes[name], train_x), train_y, test_x, test_y,
+                                        args.oracle_steps, args.oracle_lr)
+        print(f"  {name:56s} " + ", ".join(f"step {s}: {a:.1f}" for s, a in curve))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="tiny-clip-bench", help="CLIP name or path (default: %(default)s)")
@@ -150,6 +229,8 @@ def main(argv=None) -> int:
     parser.add_argument("--oracle-lr", type=float, default=1e-3)
     parser.add_argument("--probe-steps", type=int, default=PROBE_STEPS, help="full-batch steps of the linear probe")
     parser.add_argument("--check", action="store_true", help="exit with status 1 when a benchmark property fails")
+    parser.add_argument("--views", action="store_true",
+                        help="also measure the methods' training views (zero-shot through each, oracle tuning on each)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     register_checkpoint()
@@ -181,6 +262,9 @@ def main(argv=None) -> int:
         "fg_object": accuracy(soap_fg_with(regions == OBJECT), test_y),
         "linear_probe": linear_probe(train_cls, train_y, test_cls, test_y, args.probe_steps),
     }
+    with torch.no_grad():
+        attention = pool(test_tokens, regions == OBJECT)[1][:, : regions.shape[1]]
+    object_attention = float(100.0 * (attention * (regions == OBJECT)).sum(dim=1).mean())
     measured["fg_object_gain"] = measured["fg_object"] - measured["zero_shot"]
     measured["probe_gain"] = measured["linear_probe"] - measured["zero_shot"]
     rows = [
@@ -196,6 +280,10 @@ def main(argv=None) -> int:
         ("  each token alone: accuracy by region", by_region(token_correct, regions)),
         ("  NCut mask: % of each region's tokens selected", by_region(mask, regions)),
         ("[FG] with the true object patches as NCut mask", measured["fg_object"]),
+        ("  SOAP attention on the true object's tokens (% of the mass)", object_attention),
+        ("  the true object's tokens averaged (Table 3 NCut-average [FG])",
+         accuracy(project_fg_token(masked_token_mean(test_tokens, regions == OBJECT), model.visual.proj)
+                  @ classifier.t(), test_y)),
         ("linear probe on frozen [CLS] (TRUE labels)", measured["linear_probe"]),
     ]
     for name, value in rows:
@@ -205,6 +293,8 @@ def main(argv=None) -> int:
                                         args.oracle_lr)
         print(f"{'oracle LN + classifier tuning (TRUE labels), lr ' + str(args.oracle_lr):58s} "
               + ", ".join(f"step {s}: {a:.1f}" for s, a in curve))
+    if args.views:
+        measure_views(args, classifier, metadata["classes"], train_x, train_y, test_x, test_y)
     print("\nbenchmark properties (issue 17, fixed before any method ran):")
     failed = 0
     for name, value, lower, upper, holds in check_properties(measured):

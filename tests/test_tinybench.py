@@ -332,12 +332,30 @@ def test_diagnostics_script_runs_on_a_small_benchmark(small_benchmark, tiny_clip
     finally:
         sys.path.remove(os.path.join(REPO, "benchmarks"))
     root, _ = small_benchmark
-    assert tiny_diagnostics.main(["--checkpoint", tiny_clip_path, "--data-root", root, "--oracle-steps", "4"]) == 0
+    assert tiny_diagnostics.main(["--checkpoint", tiny_clip_path, "--data-root", root, "--oracle-steps", "4",
+                                  "--views"]) == 0
     out = capsys.readouterr().out
     for row in ("zero-shot [CLS]", "microCLIP [FG] at init", "accuracy by region", "NCut mask: % of each region",
                 "linear probe", "oracle LN + classifier tuning", "benchmark properties",
-                "object share of the patches"):
+                "object share of the patches", "SOAP attention on the true object", "NCut-average [FG]",
+                "seen through a view", "invert", "LaFTer strong view", "on one view per train image"):
         assert row in out, out
+
+
+def test_attribute_accuracy_counts_each_attribute_of_the_predicted_class():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import tiny_diagnostics
+    finally:
+        sys.path.remove(os.path.join(REPO, "benchmarks"))
+    classes = [dict(pattern="stripes", colour="red", head="white"), dict(pattern="spots", colour="red", head="white"),
+               dict(pattern="stripes", colour="blue", head="black")]
+    # true 0 predicted 0 (all right), true 0 predicted 1 (pattern wrong), true 2 predicted 0 (colour, head wrong),
+    # true 1 predicted 2 (all wrong)
+    got = tiny_diagnostics.attribute_accuracy(np.array([0, 1, 0, 2]), np.array([0, 0, 2, 1]), classes)
+    assert got == {"pattern": 50.0, "colour": 50.0, "head": 50.0}
+    got = tiny_diagnostics.attribute_accuracy(np.array([1]), np.array([0]), classes)
+    assert got == {"pattern": 0.0, "colour": 100.0, "head": 100.0}
 
 
 def test_oracle_labels_script_trains_microclip_on_the_true_labels(small_benchmark, tiny_clip_path, tmp_path):
