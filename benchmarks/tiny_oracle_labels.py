@@ -24,6 +24,9 @@ Every trainable method's tiny config (the check of the tiny benchmark's issue 17
 ``--margin`` points above zero-shot; exit status 1 otherwise)::
 
     .venv/bin/python benchmarks/tiny_oracle_labels.py --all --root .cache/data --output-root output/diagnostics/oracle
+
+Trailing ``KEY VALUE`` config overrides go to every run of ``--all`` (zero-shot included), e.g. the table on another
+checkpoint: ``... --output-root OUT MODEL.BACKBONE.NAME /path/to/candidate.pt``. A finished run folder is reused.
 """
 
 from __future__ import annotations
@@ -207,7 +210,7 @@ def run_all(args) -> int:
             "--root", args.root, "--trainer", method, "--seed", str(args.seed),
             "--dataset-config-file", os.path.join(REPO, "configs", "datasets", f"{args.dataset}.yaml"),
             "--config-file", os.path.join(REPO, "configs", "trainers", method, f"{args.backbone}.yaml"),
-            "--output-dir", run_dir] + (["--eval-only"] if method == ZERO_SHOT else [])
+            "--output-dir", run_dir] + (["--eval-only"] if method == ZERO_SHOT else []) + list(args.opts)
         started = time.time()
         if not os.path.isfile(os.path.join(run_dir, "results.json")):
             log = os.path.join(args.output_root, f"{method}_seed{args.seed}.log")
@@ -242,6 +245,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dataset", default="tiny", help="configs/datasets/<dataset>.yaml")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="points above zero-shot (default 5)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER,
+                        help="config overrides added to every run, zero-shot included (e.g. MODEL.BACKBONE.NAME "
+                             "/path/to/another_checkpoint.pt)")
     return run_all(parser.parse_args(argv))
 
 

@@ -404,3 +404,31 @@ def test_oracle_labels_script_patches_other_methods(small_benchmark, tiny_clip_p
     found = [r[key] for r in [results] + results["epochs"] if key in r]
     found += [v[key] for v in results.values() if isinstance(v, dict) and key in v]
     assert found and all(value == pytest.approx(100.0) for value in found), results
+
+
+def test_oracle_labels_all_mode_prints_the_margin_table_and_reuses_finished_runs(small_benchmark, tiny_clip_path,
+                                                                                 tmp_path):
+    """``--all``: zero-shot and the chosen method's oracle, each a subprocess with the trailing overrides; the exit
+    status says whether every margin holds; a second call reuses the finished run folders."""
+    root, _ = small_benchmark
+    out = tmp_path / "oracles"
+
+    def run_all(margin):
+        cmd = [sys.executable, os.path.join(REPO, "benchmarks", "tiny_oracle_labels.py"), "--all", "--root", root,
+               "--output-root", str(out), "--methods", "ReCLIP", "--margin", str(margin),
+               "MODEL.BACKBONE.NAME", tiny_clip_path, "OPTIM.MAX_EPOCH", "1", "DATALOADER.NUM_WORKERS", "0",
+               "USE_CUDA", "False"]
+        env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+        return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    first = run_all(-1000)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    reclip = json.loads((out / "ReCLIP" / "seed1" / "results.json").read_text())
+    zero_shot = json.loads((out / "ZeroshotCLIP" / "seed1" / "results.json").read_text())
+    assert len(reclip["epochs"]) == 1  # the trailing override reached the run
+    row = f"| ReCLIP | {reclip['accuracy_last']:.2f} | {reclip['accuracy_last'] - zero_shot['accuracy_last']:+.2f} |"
+    assert row in first.stdout and "| yes |" in first.stdout, first.stdout
+    stamp = os.path.getmtime(out / "ReCLIP" / "seed1" / "results.json")
+    second = run_all(1000)
+    assert second.returncode == 1 and "| NO |" in second.stdout, second.stdout
+    assert os.path.getmtime(out / "ReCLIP" / "seed1" / "results.json") == stamp  # reused, not re-run
