@@ -30,6 +30,14 @@ def add_toolkit_keys(cfg) -> None:
     cfg.MODEL.BACKBONE.DOWNLOAD_ROOT = ""
     # File name of the machine-readable result written beside log.txt.
     cfg.TEST.RESULTS_FILE = "results.json"
+    # What one run of this config asks a Slurm cluster for (scripts/run_all.sh --slurm submits one job array per
+    # distinct set); "" / 0 = not asked (the cluster's default). The sweep's --gres / --time / --mem / --cpus-per-task
+    # override them for every task. Not part of the run's recorded config (they do not change its numbers).
+    cfg.SLURM = CN()
+    cfg.SLURM.GRES = ""  # sbatch --gres, e.g. "gpu:1"
+    cfg.SLURM.TIME = ""  # sbatch --time, e.g. "4:00:00"
+    cfg.SLURM.MEM = ""  # sbatch --mem, e.g. "32G"
+    cfg.SLURM.CPUS_PER_TASK = 0  # sbatch --cpus-per-task
 
 
 def extend_cfg(cfg) -> None:

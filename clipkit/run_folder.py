@@ -2,7 +2,8 @@
 refusals that keep a result from being overwritten by a different experiment.
 
 * ``numerics_config(cfg)``: the resolved config as ``{dotted key: value}`` without the keys that only say where
-  things live or how often to log/checkpoint (``LOCATION_KEYS``) and without other methods' ``TRAINER.<NODE>``
+  things live or how often to log/checkpoint (``LOCATION_KEYS``), how a run is scheduled (``SCHEDULING_NODES``) and
+  without other methods' ``TRAINER.<NODE>``
   nodes; ``config_digest`` in results.json hashes exactly this. Recorded in ``<run>/run_config.json``.
 * ``RunFolder.lock()``: ``fcntl.flock`` on ``<run>/.lock`` (released by the kernel when the process dies, also on
   SIGKILL). A sweep takes the lock before it launches a job and hands the locked descriptor to the child
@@ -33,6 +34,8 @@ LOCATION_KEYS = (
     "OUTPUT_DIR", "RESUME", "VERBOSE", "DATASET.ROOT", "MODEL.BACKBONE.DOWNLOAD_ROOT", "TRAIN.PRINT_FREQ",
     "TRAIN.CHECKPOINT_FREQ", "TRAIN.CHECKPOINT_KEEP", "TEST.RESULTS_FILE",
 )
+# Config nodes that say how a run is scheduled, not what it computes (a Slurm task's resources).
+SCHEDULING_NODES = ("SLURM",)
 # Keys recorded only when they differ from this default, which reproduces the numbers of the code before the key
 # existed (so that run_config.json and config_digest of older runs stay valid); a missing one compares as the default.
 # TRAIN.CHECKPOINT_EVERY_STEPS > 0 reseeds DataLoader workers per batch (clipkit/engine/resumable_loader.py).
@@ -116,9 +119,10 @@ def numerics_config(cfg, node: Optional[str] = None) -> Dict:
     flat = _flatten(cfg)
     kept = {}
     for key, value in flat.items():
-        if key in LOCATION_KEYS or (key in DEFAULT_OMITTED_KEYS and value == DEFAULT_OMITTED_KEYS[key]):
-            continue
         parts = key.split(".")
+        if key in LOCATION_KEYS or parts[0] in SCHEDULING_NODES or (
+                key in DEFAULT_OMITTED_KEYS and value == DEFAULT_OMITTED_KEYS[key]):
+            continue
         if parts[0] == "TRAINER" and len(parts) > 2 and parts[1] != node:
             continue  # another method's node
         kept[key] = value

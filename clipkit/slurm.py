@@ -1,4 +1,4 @@
-"""Submit a sweep to Slurm as one job array (``scripts/run_all.sh BACKBONE --slurm ...``).
+"""Submit a sweep to Slurm as job arrays (``scripts/run_all.sh BACKBONE --slurm ...``).
 
 The job list is the local sweep's (``clipkit.sweep.plan_sweep``): same jobs, same skip rule (a run with
 ``results.json`` is not submitted), same run folders, same ``failed.txt``. Task ``i`` of the array runs job ``i``
@@ -9,8 +9,14 @@ Why plain ``sbatch`` and not submitit: no new dependency, and nothing to pickle 
 line, and what submitit adds (checkpoint/requeue of a Python callable) the toolkit already has: every epoch is
 checkpointed and a re-launch into the run folder resumes exactly (clipkit/engine/checkpoint.py).
 
-Files of one submission, under ``<output-root>/.slurm/<backbone>-<stamp>/`` (a hidden folder: the parser skips it):
-``jobs.json`` (task index -> job), ``array.sh`` (the sbatch script), ``task-<jobid>_<index>.out`` (task logs).
+Resources per task: each job's resolved config (train.py's merge of its YAMLs and opts) may ask for ``SLURM.GRES``,
+``SLURM.TIME``, ``SLURM.MEM`` and ``SLURM.CPUS_PER_TASK`` (clipkit/config.py); the command line's ``--gres``,
+``--time``, ``--mem`` and ``--cpus-per-task`` override them for every task. The tasks of an array share one set of
+resources, so a sweep is submitted as one array per distinct set (usually one per method).
+
+Files of one array, under ``<output-root>/.slurm/<backbone>-<stamp>-<pid>[-<part>]/`` (a hidden folder: the parser
+skips it): ``jobs.json`` (task index -> job), ``array.sh`` (the sbatch script), ``task-<jobid>_<index>.out`` (task
+logs).
 
 Pre-emption and time limits: the array is submitted with ``--signal=B:USR1@<seconds>`` and ``--requeue``. On
 ``SIGUSR1`` (Slurm's warning before the time limit, or ``scancel --signal=USR1 --batch``) a task stops its
@@ -29,7 +35,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import REPO_ROOT
 from . import sweep as sweep_mod
@@ -40,39 +46,85 @@ SCRIPT_FILE = "array.sh"
 PREEMPT_SIGNAL = "USR1"  # sent to the batch step (B:) before the time limit; the task requeues itself
 DEFAULT_SIGNAL_S = 120  # seconds before the time limit at which Slurm sends PREEMPT_SIGNAL
 POLL_MAX_S = 30.0  # --wait: longest pause between two squeue polls
-POLL_NOTE_S = 300.0
-EMPTY_POLLS = 2  # --wait: the array is done when this many polls in a row list none of its tasks  # --wait: how often a progress line is printed
+POLL_NOTE_S = 300.0  # --wait: how often a progress line is printed
+EMPTY_POLLS = 2  # --wait: the array is done when this many polls in a row list none of its tasks
+# sbatch resource flags (argparse names) and the SLURM config keys that set them per task (clipkit/config.py)
+RESOURCE_FLAGS = ("gres", "time", "mem", "cpus_per_task")
+RESOURCE_KEYS = ("GRES", "TIME", "MEM", "CPUS_PER_TASK")
 REQUEUE_EXIT = 0  # exit status of a task that requeued itself (the array is not marked failed for it)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("Slurm (--slurm: submit the jobs as one sbatch job array instead of running "
-                                      "them here; docs/running_sweeps.md#on-a-slurm-cluster)")
-    group.add_argument("--slurm", action="store_true", help="submit the unfinished jobs as one Slurm job array")
+    group = parser.add_argument_group("Slurm (--slurm: submit the jobs as sbatch job arrays, one per distinct set of "
+                                      "task resources, instead of running them here; "
+                                      "docs/running_sweeps.md#on-a-slurm-cluster)")
+    group.add_argument("--slurm", action="store_true",
+                       help="submit the unfinished jobs as Slurm job arrays (one per distinct set of resources)")
     group.add_argument("--partition", help="sbatch --partition")
     group.add_argument("--account", help="sbatch --account")
-    group.add_argument("--gres", help="sbatch --gres per task, e.g. gpu:1")
-    group.add_argument("--time", help="sbatch --time per task, e.g. 4:00:00")
-    group.add_argument("--mem", help="sbatch --mem per task, e.g. 32G")
-    group.add_argument("--cpus-per-task", type=int, help="sbatch --cpus-per-task")
+    group.add_argument("--gres", help="sbatch --gres for every task, e.g. gpu:1 (default: each config's SLURM.GRES)")
+    group.add_argument("--time",
+                       help="sbatch --time for every task, e.g. 4:00:00 (default: each config's SLURM.TIME)")
+    group.add_argument("--mem", help="sbatch --mem for every task, e.g. 32G (default: each config's SLURM.MEM)")
+    group.add_argument("--cpus-per-task", type=int,
+                       help="sbatch --cpus-per-task for every task (default: each config's SLURM.CPUS_PER_TASK)")
     group.add_argument("--max-parallel", type=int, help="at most N tasks of the array at once (--array=0-K%%N)")
     group.add_argument("--signal-before", type=int, default=DEFAULT_SIGNAL_S,
                        help=f"seconds before the time limit at which a task is signalled to stop and requeue itself "
                             f"(default {DEFAULT_SIGNAL_S})")
     group.add_argument("--extra-sbatch", help="further sbatch options, e.g. \"--qos=high --constraint=a100\"")
-    group.add_argument("--wait", action="store_true", help="block until the array is done, then print the summary")
+    group.add_argument("--wait", action="store_true",
+                       help="block until the arrays are done, then print the summary")
 
 
-def sbatch_options(args: argparse.Namespace, count: int, folder: str, name: str) -> List[str]:
-    """The ``#SBATCH`` options of the array script."""
+def sbatch_options(args: argparse.Namespace, count: int, folder: str, name: str,
+                   resources: Optional[Dict[str, str]] = None) -> List[str]:
+    """The ``#SBATCH`` options of the array script; ``resources`` ({flag: value} of ``RESOURCE_FLAGS``, from
+    ``task_resources``) replaces the command line's resource flags (None: those flags as given)."""
     array = f"0-{count - 1}" + (f"%{args.max_parallel}" if args.max_parallel else "")
     options = [f"--job-name={name}", f"--array={array}", f"--output={folder}/task-%A_%a.out",
                f"--signal=B:{PREEMPT_SIGNAL}@{args.signal_before}", "--requeue", "--open-mode=append"]
-    for flag in ("partition", "account", "gres", "time", "mem", "cpus_per_task"):
-        value = getattr(args, flag)
+    if resources is None:
+        resources = {flag: getattr(args, flag) for flag in RESOURCE_FLAGS}
+    values = dict({flag: getattr(args, flag) for flag in ("partition", "account")}, **resources)
+    for flag in ("partition", "account") + RESOURCE_FLAGS:
+        value = values.get(flag)
         if value not in (None, ""):
             options.append(f"--{flag.replace('_', '-')}={value}")
     return options + shlex.split(args.extra_sbatch or "")
+
+
+_TRAIN_CLI = []  # the repository's train.py as a module, imported once (its config merge resolves a task's SLURM node)
+
+
+def config_resources(job: sweep_mod.Job) -> Dict[str, str]:
+    """{flag: value} of the SLURM node of ``job``'s resolved config (train.py's own merge of its dataset and trainer
+    YAMLs and trailing opts); keys left at "" / 0 are absent."""
+    if not _TRAIN_CLI:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("clipkit_train_cli", os.path.join(REPO_ROOT, "train.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _TRAIN_CLI.append(module)
+    train = _TRAIN_CLI[0]
+    try:
+        cfg = train.setup_cfg(train.build_parser().parse_args(list(job.command[2:])))
+    except (KeyError, ValueError, AssertionError, FileNotFoundError) as error:
+        raise sweep_mod.SweepError(f"--slurm: cannot read the config of {job.name} ({error})") from error
+    return {flag: str(cfg.SLURM[key]) for flag, key in zip(RESOURCE_FLAGS, RESOURCE_KEYS)
+            if cfg.SLURM[key] not in ("", 0)}
+
+
+def task_resources(job: sweep_mod.Job, args: argparse.Namespace) -> Tuple[Tuple[str, str], ...]:
+    """Sorted (flag, value) resources of one task: its config's SLURM node, each key overridden by the command line's
+    flag when given (--gres, --time, --mem, --cpus-per-task)."""
+    resources = config_resources(job)
+    for flag in RESOURCE_FLAGS:
+        value = getattr(args, flag, None)
+        if value not in (None, ""):
+            resources[flag] = str(value)
+    return tuple(sorted(resources.items()))
 
 
 def array_script(options: Sequence[str], python: str, jobs_file: str, env: Dict[str, str]) -> str:
@@ -88,29 +140,36 @@ def array_script(options: Sequence[str], python: str, jobs_file: str, env: Dict[
 
 
 def write_submission(jobs: Sequence[sweep_mod.Job], args: argparse.Namespace, output_root: str, python: str,
-                     env: Dict[str, str]) -> str:
-    """Write jobs.json and array.sh into a new submission folder; returns the script's path."""
+                     env: Dict[str, str], resources: Optional[Dict[str, str]] = None, part: Optional[int] = None
+                     ) -> str:
+    """Write jobs.json and array.sh into a new submission folder (``-<part>`` appended when a sweep needs several
+    arrays); returns the script's path."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = os.path.join(output_root, SLURM_DIR, f"{args.backbone}-{stamp}-{os.getpid()}")
+    folder = os.path.join(output_root, SLURM_DIR, f"{args.backbone}-{stamp}-{os.getpid()}"
+                          + ("" if part is None else f"-{part}"))
     os.makedirs(folder)
     jobs_file = os.path.join(folder, JOBS_FILE)
     with open(jobs_file, "w", encoding="utf-8") as handle:
         json.dump([{"method": j.method, "dataset": j.dataset, "seed": j.seed, "run_dir": j.run_dir,
                     "command": list(j.command)} for j in jobs], handle, indent=1)
     script = os.path.join(folder, SCRIPT_FILE)
-    options = sbatch_options(args, len(jobs), folder, f"clipkit-{args.backbone}")
+    options = sbatch_options(args, len(jobs), folder, f"clipkit-{args.backbone}", resources)
     with open(script, "w", encoding="utf-8") as handle:
         handle.write(array_script(options, python, jobs_file, env))
     return script
 
 
-def submit(plan: sweep_mod.Plan, args: argparse.Namespace, output_root: str, python: str, env: Dict[str, str],
-           log=print) -> int:
-    """Submit ``plan.jobs`` as one array; with ``--wait`` block until done and print the summary."""
-    if not plan.jobs:
-        log("slurm: nothing to submit (every run is finished)")
-        return summarize([], output_root, args.backbone, log)
-    script = write_submission(plan.jobs, args, output_root, python, env)
+def group_by_resources(jobs: Sequence[sweep_mod.Job], args: argparse.Namespace
+                       ) -> Dict[Tuple[Tuple[str, str], ...], List[sweep_mod.Job]]:
+    """Jobs grouped by their ``task_resources`` (an array's tasks share one set), groups in first-job order."""
+    groups: Dict[Tuple[Tuple[str, str], ...], List[sweep_mod.Job]] = {}
+    for job in jobs:
+        groups.setdefault(task_resources(job, args), []).append(job)
+    return groups
+
+
+def sbatch(script: str, env: Dict[str, str]) -> str:
+    """Submit ``script``; returns the job id."""
     try:
         process = subprocess.run(["sbatch", "--parsable", script], capture_output=True, text=True, env=env)
     except OSError as error:
@@ -118,15 +177,33 @@ def submit(plan: sweep_mod.Plan, args: argparse.Namespace, output_root: str, pyt
     if process.returncode != 0 or not process.stdout.strip():
         raise sweep_mod.SweepError(f"sbatch failed (exit {process.returncode}): {process.stderr.strip()} "
                                    f"(script: {script})")
-    job_id = process.stdout.strip().split(";")[0]
-    log(f"slurm: submitted job array {job_id} ({len(plan.jobs)} tasks; script {script})")
-    log(f"  watch:  squeue -j {job_id}")
-    log(f"  cancel: scancel {job_id}     (one task: scancel {job_id}_<index>; indices in "
-        f"{os.path.join(os.path.dirname(script), JOBS_FILE)})")
+    return process.stdout.strip().split(";")[0]
+
+
+def submit(plan: sweep_mod.Plan, args: argparse.Namespace, output_root: str, python: str, env: Dict[str, str],
+           log=print) -> int:
+    """Submit ``plan.jobs`` as one array per distinct set of task resources; with ``--wait`` block until all are
+    done and print the summary."""
+    if not plan.jobs:
+        log("slurm: nothing to submit (every run is finished)")
+        return summarize([], output_root, args.backbone, log)
+    groups = group_by_resources(plan.jobs, args)
+    job_ids = []
+    for part, (resources, jobs) in enumerate(groups.items()):
+        script = write_submission(jobs, args, output_root, python, env, dict(resources),
+                                  part if len(groups) > 1 else None)
+        job_id = sbatch(script, env)
+        job_ids.append(job_id)
+        asked = ", ".join(f"--{flag.replace('_', '-')}={value}" for flag, value in resources) or "cluster defaults"
+        log(f"slurm: submitted job array {job_id} ({len(jobs)} tasks; {asked}; script {script})")
+        log(f"  watch:  squeue -j {job_id}")
+        log(f"  cancel: scancel {job_id}     (one task: scancel {job_id}_<index>; indices in "
+            f"{os.path.join(os.path.dirname(script), JOBS_FILE)})")
     log("  re-submit the same command to submit what is missing or failed; finished runs are skipped")
     if not args.wait:
         return 0
-    wait_for(job_id, log)
+    for job_id in job_ids:
+        wait_for(job_id, log)
     return summarize(plan.jobs, output_root, args.backbone, log)
 
 

@@ -36,6 +36,8 @@ def test_trainer_config_merges_with_every_dataset(trainer_config):
     for dataset_config in datasets:
         cfg = _setup_cfg(trainer, dataset_config, trainer_config)
         assert cfg.TRAINER.NAME == trainer and cfg.MODEL.BACKBONE.NAME
+        if cfg.SLURM.CPUS_PER_TASK:  # a Slurm task asks for the main process + its loader workers
+            assert cfg.SLURM.CPUS_PER_TASK == cfg.DATALOADER.NUM_WORKERS + 1, trainer_config
 
 
 

@@ -237,3 +237,82 @@ def test_preempted_task_requeues_and_resumes(slurm_cluster, fake_setup, monkeypa
     assert records[0][1] == "0" and records[-1][1] == "1"  # the last epochs ran in the requeued task
     assert (run / "results.json").exists() and not (run / "failed.txt").exists()
     assert "stopped before the time limit" in task_log and "(restart 1)" in task_log
+
+
+FAKE_SBATCH = """#!/bin/sh
+echo "$@" >> "$FAKE_SBATCH_LOG"
+echo 4242
+"""
+
+
+def _with_fake_sbatch(monkeypatch, tmp_path):
+    """An ``sbatch`` on PATH that records its arguments and answers job id 4242 (no Slurm needed)."""
+    folder = tmp_path / "fake_bin"
+    folder.mkdir()
+    (folder / "sbatch").write_text(FAKE_SBATCH)
+    (folder / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SBATCH_LOG", str(tmp_path / "sbatch.log"))
+    return tmp_path / "sbatch.log"
+
+
+def _array_options(out):
+    """{method: #SBATCH resource options of its array} over the submission folders of ``out``."""
+    found = {}
+    for submission in sorted((out / ".slurm").iterdir()):
+        methods = {job["method"] for job in json.loads((submission / "jobs.json").read_text())}
+        assert len(methods) == 1, methods  # one method per array here: each has its own resources
+        options = [line[len("#SBATCH "):] for line in (submission / "array.sh").read_text().splitlines()
+                   if line.startswith("#SBATCH --") and line.split("=")[0][len("#SBATCH "):] in
+                   ("--gres", "--time", "--mem", "--cpus-per-task")]
+        found[methods.pop()] = options
+    return found
+
+
+def test_each_config_asks_for_its_own_resources_and_the_command_line_overrides(fake_setup, monkeypatch, tmp_path):
+    """Needs no Slurm: one array per distinct set of task resources, read from each job's resolved config (trainer
+    YAML, then the method's dataset_overrides.yaml opts); --mem on the command line replaces every config's."""
+    configs, train, out = fake_setup
+    trainers = os.path.join(configs, "trainers")
+    with open(os.path.join(trainers, "ZeroshotCLIP", "vit_b32.yaml"), "w") as handle:
+        handle.write("SLURM:\n  MEM: \"1G\"\n  CPUS_PER_TASK: 2\n")
+    with open(os.path.join(trainers, "CuPL", "dataset_overrides.yaml"), "w") as handle:
+        handle.write("dtd: [SLURM.TIME, \"0:10:00\"]\n")
+    calls = _with_fake_sbatch(monkeypatch, tmp_path)
+    code, lines = _sweep(configs, train, out, "ZeroshotCLIP,CuPL", "1,2")
+    assert code == 0
+    assert _array_options(out) == {"ZeroshotCLIP": ["--mem=1G", "--cpus-per-task=2"], "CuPL": ["--time=0:10:00"]}
+    assert len(calls.read_text().splitlines()) == 2
+    assert [line.split(";")[1].strip() for line in lines if line.startswith("slurm: submitted job array 4242")] == [
+        "--cpus-per-task=2, --mem=1G", "--time=0:10:00"]
+
+    shutil.rmtree(out / ".slurm")
+    code, _ = _sweep(configs, train, out, "ZeroshotCLIP,CuPL", "1", "--mem", "5G")
+    assert code == 0
+    assert _array_options(out) == {"ZeroshotCLIP": ["--mem=5G", "--cpus-per-task=2"],
+                                   "CuPL": ["--time=0:10:00", "--mem=5G"]}
+
+
+def test_scheduling_keys_are_not_part_of_a_runs_recorded_config():
+    """A task's resources do not change its numbers: a run folder started before the SLURM node existed, or resumed
+    with other resources, keeps its config identity."""
+    import train as train_cli
+    from clipkit.run_folder import numerics_config
+
+    parser = train_cli.build_parser()
+    base = ["--trainer", "ZeroshotCLIP", "--output-dir", "/tmp/unused"]
+    plain = numerics_config(train_cli.setup_cfg(parser.parse_args(base)))
+    asked = numerics_config(train_cli.setup_cfg(parser.parse_args(base + ["SLURM.MEM", "64G", "SLURM.GRES", "gpu:2"])))
+    assert plain == asked and not any(key.startswith("SLURM.") for key in plain)
+
+
+def test_arrays_of_different_resources_run_to_the_end_on_slurm(slurm_cluster, fake_setup):
+    configs, train, out = fake_setup
+    with open(os.path.join(configs, "trainers", "ZeroshotCLIP", "vit_b32.yaml"), "w") as handle:
+        handle.write("SLURM:\n  TIME: \"0:30:00\"\n")
+    code, lines = _sweep(configs, train, out, "ZeroshotCLIP,CuPL", "1", "--wait")
+    submitted = [line for line in lines if line.startswith("slurm: submitted job array ")]
+    assert len(submitted) == 2 and "--time=0:30:00" in submitted[0] and "cluster defaults" in submitted[1]
+    # --wait waited for both arrays: the stand-in CuPL always fails, the other run finished
+    assert code == 1 and "slurm sweep vit_b32 finished: 1 ok, 1 failed or unfinished" in lines
+    assert (_run(out, "ZeroshotCLIP", 1) / "results.json").exists() and (_run(out, "CuPL", 1) / "failed.txt").exists()
