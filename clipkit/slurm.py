@@ -168,6 +168,20 @@ def group_by_resources(jobs: Sequence[sweep_mod.Job], args: argparse.Namespace
     return groups
 
 
+def describe_resources(resources: Sequence[Tuple[str, str]]) -> str:
+    """``(("mem", "1G"), ...)`` -> ``"--mem=1G, ..."`` (or "cluster defaults")."""
+    return ", ".join(f"--{flag.replace('_', '-')}={value}" for flag, value in resources) or "cluster defaults"
+
+
+def describe_arrays(jobs: Sequence[sweep_mod.Job], args: argparse.Namespace, log=print) -> None:
+    """``--dry-run --slurm``: the arrays that would be submitted, their resources and methods."""
+    groups = group_by_resources(jobs, args)
+    log(f"slurm (dry run): {len(groups)} job array(s)")
+    for resources, members in groups.items():
+        methods = ", ".join(dict.fromkeys(job.method for job in members))
+        log(f"  {len(members)} tasks; {describe_resources(resources)}; {methods}")
+
+
 def sbatch(script: str, env: Dict[str, str]) -> str:
     """Submit ``script``; returns the job id."""
     try:
@@ -194,8 +208,8 @@ def submit(plan: sweep_mod.Plan, args: argparse.Namespace, output_root: str, pyt
                                   part if len(groups) > 1 else None)
         job_id = sbatch(script, env)
         job_ids.append(job_id)
-        asked = ", ".join(f"--{flag.replace('_', '-')}={value}" for flag, value in resources) or "cluster defaults"
-        log(f"slurm: submitted job array {job_id} ({len(jobs)} tasks; {asked}; script {script})")
+        log(f"slurm: submitted job array {job_id} ({len(jobs)} tasks; {describe_resources(resources)}; "
+            f"script {script})")
         log(f"  watch:  squeue -j {job_id}")
         log(f"  cancel: scancel {job_id}     (one task: scancel {job_id}_<index>; indices in "
             f"{os.path.join(os.path.dirname(script), JOBS_FILE)})")

@@ -549,10 +549,14 @@ def sweep(args: argparse.Namespace, log=print) -> int:
     if args.dry_run:
         for job in plan.jobs:
             log(shlex.join(job.command))
+        if args.slurm and plan.jobs:  # and the arrays --slurm would submit
+            from . import slurm
+
+            slurm.describe_arrays(plan.jobs, args, log)
         return 0
     if args.backbone == TINY and TINY in datasets and plan.jobs:
         prepare_tiny_benchmark(python, data_root, env, log)
-    if args.slurm:  # the same jobs as one Slurm job array (clipkit/slurm.py)
+    if args.slurm:  # the same jobs as Slurm job arrays, one per distinct set of task resources (clipkit/slurm.py)
         from . import slurm
 
         return slurm.submit(plan, args, output_root, python, env, log)

@@ -286,6 +286,14 @@ def test_each_config_asks_for_its_own_resources_and_the_command_line_overrides(f
     assert [line.split(";")[1].strip() for line in lines if line.startswith("slurm: submitted job array 4242")] == [
         "--cpus-per-task=2, --mem=1G", "--time=0:10:00"]
 
+    dry = []
+    assert sweep.main(["vit_b32", "--methods", "ZeroshotCLIP,CuPL", "--datasets", "dtd", "--seeds", "1,2",
+                       "--data-root", "/data", "--configs-root", configs, "--train-script", train,
+                       "--output-root", str(tmp_path / "dry"), "--slurm", "--dry-run"], log=dry.append) == 0
+    assert dry[-3:] == ["slurm (dry run): 2 job array(s)", "  2 tasks; --cpus-per-task=2, --mem=1G; ZeroshotCLIP",
+                        "  2 tasks; --time=0:10:00; CuPL"]
+    assert not (tmp_path / "dry").exists()  # a dry run submits and writes nothing
+
     shutil.rmtree(out / ".slurm")
     code, _ = _sweep(configs, train, out, "ZeroshotCLIP,CuPL", "1", "--mem", "5G")
     assert code == 0
