@@ -2,9 +2,9 @@
 refusals that keep a result from being overwritten by a different experiment.
 
 * ``numerics_config(cfg)``: the resolved config as ``{dotted key: value}`` without the keys that only say where
-  things live or how often to log/checkpoint (``LOCATION_KEYS``), how a run is scheduled (``SCHEDULING_NODES``) and
-  without other methods' ``TRAINER.<NODE>``
-  nodes; ``config_digest`` in results.json hashes exactly this. Recorded in ``<run>/run_config.json``.
+  things live or how often to log/checkpoint (``LOCATION_KEYS``) or how a run is scheduled (``SCHEDULING_NODES``),
+  and without other methods' ``TRAINER.<NODE>`` nodes; ``config_digest`` in results.json hashes exactly this.
+  Recorded in ``<run>/run_config.json``.
 * ``RunFolder.lock()``: ``fcntl.flock`` on ``<run>/.lock`` (released by the kernel when the process dies, also on
   SIGKILL). A sweep takes the lock before it launches a job and hands the locked descriptor to the child
   (``LOCK_FD_ENV``), so the lock is held without a gap from "decided to run" to "child exited".

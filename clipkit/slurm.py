@@ -90,24 +90,22 @@ def sbatch_options(args: argparse.Namespace, count: int, folder: str, name: str,
     for flag in ("partition", "account") + RESOURCE_FLAGS:
         value = values.get(flag)
         if value not in (None, ""):
-            options.append(f"--{flag.replace('_', '-')}={value}")
+            options.append(sbatch_flag(flag, value))
     return options + shlex.split(args.extra_sbatch or "")
 
 
-_TRAIN_CLI = []  # the repository's train.py as a module, imported once (its config merge resolves a task's SLURM node)
+def sbatch_flag(flag: str, value) -> str:
+    """``("cpus_per_task", 9)`` -> ``"--cpus-per-task=9"``."""
+    return f"--{flag.replace('_', '-')}={value}"
 
 
 def config_resources(job: sweep_mod.Job) -> Dict[str, str]:
     """{flag: value} of the SLURM node of ``job``'s resolved config (train.py's own merge of its dataset and trainer
     YAMLs and trailing opts); keys left at "" / 0 are absent."""
-    if not _TRAIN_CLI:
-        import importlib.util
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)
+    import train
 
-        spec = importlib.util.spec_from_file_location("clipkit_train_cli", os.path.join(REPO_ROOT, "train.py"))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _TRAIN_CLI.append(module)
-    train = _TRAIN_CLI[0]
     try:
         cfg = train.setup_cfg(train.build_parser().parse_args(list(job.command[2:])))
     except (KeyError, ValueError, AssertionError, FileNotFoundError) as error:
@@ -170,7 +168,7 @@ def group_by_resources(jobs: Sequence[sweep_mod.Job], args: argparse.Namespace
 
 def describe_resources(resources: Sequence[Tuple[str, str]]) -> str:
     """``(("mem", "1G"), ...)`` -> ``"--mem=1G, ..."`` (or "cluster defaults")."""
-    return ", ".join(f"--{flag.replace('_', '-')}={value}" for flag, value in resources) or "cluster defaults"
+    return ", ".join(sbatch_flag(flag, value) for flag, value in resources) or "cluster defaults"
 
 
 def describe_arrays(jobs: Sequence[sweep_mod.Job], args: argparse.Namespace, log=print) -> None:
