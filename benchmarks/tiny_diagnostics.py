@@ -69,6 +69,13 @@ PROPERTIES = (
 ATTRIBUTES = ("pattern", "colour", "head")  # the class attributes recorded per class in metadata.json
 GREY_FILL = (124, 116, 104)  # CLIP's pixel mean in 0-255: the fill of the grey-fill variants below
 ROTATION_DEG = 30.0  # RandAugment's rotation at magnitude 10 (timm: 30 degrees)
+# Names of the views of ``view_probes`` that the oracle tuning of ``--views`` is also trained on.
+CROP_VIEW = "random resized crop (0.3, 1)"
+ROTATE_BLACK_VIEW = f"rotate up to {ROTATION_DEG:g} deg, black fill"
+ROTATE_GREY_VIEW = f"rotate up to {ROTATION_DEG:g} deg, grey fill"
+MICROCLIP_STRONG_VIEW = "microCLIP / DPA strong view"
+LAFTER_STRONG_VIEW = "LaFTer strong view"
+TRAINING_VIEWS = (CROP_VIEW, ROTATE_BLACK_VIEW, ROTATE_GREY_VIEW, MICROCLIP_STRONG_VIEW, LAFTER_STRONG_VIEW)
 
 
 def view_probes(size: int) -> dict:
@@ -87,13 +94,11 @@ def view_probes(size: int) -> dict:
         "solarize (threshold 128)": lambda image: ImageOps.solarize(image, 128),
         "grayscale": lambda image: image.convert("L").convert("RGB"),
         "hue jitter 0.1": T.ColorJitter(hue=0.1),
-        f"rotate up to {ROTATION_DEG:g} deg, black fill": T.RandomRotation(ROTATION_DEG, interpolation=bilinear),
-        f"rotate up to {ROTATION_DEG:g} deg, grey fill": T.RandomRotation(ROTATION_DEG, interpolation=bilinear,
-                                                                         fill=GREY_FILL),
-        "random resized crop (0.3, 1)": T.RandomResizedCrop(size, scale=(0.3, 1.0),
-                                                            interpolation=T.InterpolationMode.BICUBIC),
-        "microCLIP / DPA strong view": strong_transform((size, size), (0.3, 1.0), 0.5, "rand-m9-mstd0.5-inc1"),
-        "LaFTer strong view": simsiam_transform((size, size), (0.2, 1.0)),
+        ROTATE_BLACK_VIEW: T.RandomRotation(ROTATION_DEG, interpolation=bilinear),
+        ROTATE_GREY_VIEW: T.RandomRotation(ROTATION_DEG, interpolation=bilinear, fill=GREY_FILL),
+        CROP_VIEW: T.RandomResizedCrop(size, scale=(0.3, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        MICROCLIP_STRONG_VIEW: strong_transform((size, size), (0.3, 1.0), 0.5, "rand-m9-mstd0.5-inc1"),
+        LAFTER_STRONG_VIEW: simsiam_transform((size, size), (0.2, 1.0)),
     }
 
 
@@ -195,11 +200,21 @@ def oracle_layernorm_tuning(model, classifier, train_x, train_y, test_x, test_y,
     return curve
 
 
-def measure_views(args, classifier, classes, train_x, train_y, test_x, test_y) -> None:
+def format_curve(curve) -> str:
+    """[(step, accuracy)] of ``oracle_layernorm_tuning`` -> "step 50: 65.2, ..."."""
+    return ", ".join(f"step {s}: {a:.1f}" for s, a in curve)
+
+
+def measure_views(args, classifier, classes, train_x, train_y, test_x, test_y, clean_curve) -> None:
     """``--views``: zero-shot through each of ``view_probes`` (overall and per attribute), then the oracle tuning on
-    one draw of each training view per train image, from a fresh copy of the checkpoint each time."""
+    one draw of each of ``TRAINING_VIEWS`` per train image, from a fresh copy of the checkpoint each time, beside
+    ``clean_curve`` (the same tuning on the clean images, run by ``main``)."""
     model = load_clip(args.checkpoint).float().eval()  # the oracle tuning above changed the other copy's LayerNorms
-    random.seed(0)  # timm's RandAugment draws from Python's random; the crops and rotations from torch's (seeded)
+    # every generator the views draw from (timm's RandAugment: NumPy's and Python's; the crops, rotations and colour
+    # jitter: torch's), seeded here so that the draws do not depend on what ran before (e.g. --oracle-steps)
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
     probes = view_probes(test_x.shape[1])
     print(f"\nzero-shot on the test images seen through a view (one draw each): top-1 / "
           f"{' / '.join(ATTRIBUTES)} right")
@@ -212,13 +227,13 @@ def measure_views(args, classifier, classes, train_x, train_y, test_x, test_y) -
         return
     print(f"oracle LN + classifier tuning (TRUE labels, {args.oracle_steps} steps) on one view per train image; "
           "clean test accuracy")
-    for name in ("identity", "random resized crop (0.3, 1)", f"rotate up to {ROTATION_DEG:g} deg, black fill",
-                 f"rotate up to {ROTATION_DEG:g} deg, grey fill", "microCLIP / DPA strong view", "LaFTer strong view"):
+    print(f"  {'identity':56s} {format_curve(clean_curve)}")
+    for name in TRAINING_VIEWS:
         torch.manual_seed(0)
         fresh = load_clip(args.checkpoint).float().eval()
         curve = oracle_layernorm_tuning(fresh, classifier, apply_view(probes[name], train_x), train_y, test_x, test_y,
                                         args.oracle_steps, args.oracle_lr)
-        print(f"  {name:56s} " + ", ".join(f"step {s}: {a:.1f}" for s, a in curve))
+        print(f"  {name:56s} {format_curve(curve)}")
 
 
 def main(argv=None) -> int:
@@ -254,17 +269,17 @@ def main(argv=None) -> int:
         """[FG] features at initialisation (official SOAP) with ``patch_mask`` (N, n) as the NCut mask."""
         return project_fg_token(pool(test_tokens, patch_mask)[0], model.visual.proj) @ classifier.t()
 
+    object_mask = regions == OBJECT
     with torch.no_grad():
         mask = ncut_mask(test_tokens)
+        object_pooled, object_attention = pool(test_tokens, object_mask)  # SOAP with the true object as its mask
     measured = {
         "zero_shot": accuracy(test_cls @ classifier.t(), test_y),
-        "object_patch_share": float(100.0 * (regions == OBJECT).float().mean()),
-        "fg_object": accuracy(soap_fg_with(regions == OBJECT), test_y),
+        "object_patch_share": float(100.0 * object_mask.float().mean()),
+        "fg_object": accuracy(project_fg_token(object_pooled, model.visual.proj) @ classifier.t(), test_y),
         "linear_probe": linear_probe(train_cls, train_y, test_cls, test_y, args.probe_steps),
     }
-    with torch.no_grad():
-        attention = pool(test_tokens, regions == OBJECT)[1][:, : regions.shape[1]]
-    object_attention = float(100.0 * (attention * (regions == OBJECT)).sum(dim=1).mean())
+    object_attention_share = float(100.0 * (object_attention[:, : object_mask.shape[1]] * object_mask).sum(1).mean())
     measured["fg_object_gain"] = measured["fg_object"] - measured["zero_shot"]
     measured["probe_gain"] = measured["linear_probe"] - measured["zero_shot"]
     rows = [
@@ -280,21 +295,21 @@ def main(argv=None) -> int:
         ("  each token alone: accuracy by region", by_region(token_correct, regions)),
         ("  NCut mask: % of each region's tokens selected", by_region(mask, regions)),
         ("[FG] with the true object patches as NCut mask", measured["fg_object"]),
-        ("  SOAP attention on the true object's tokens (% of the mass)", object_attention),
+        ("  SOAP attention on the true object's tokens (% of the mass)", object_attention_share),
         ("  the true object's tokens averaged (Table 3 NCut-average [FG])",
-         accuracy(project_fg_token(masked_token_mean(test_tokens, regions == OBJECT), model.visual.proj)
+         accuracy(project_fg_token(masked_token_mean(test_tokens, object_mask), model.visual.proj)
                   @ classifier.t(), test_y)),
         ("linear probe on frozen [CLS] (TRUE labels)", measured["linear_probe"]),
     ]
     for name, value in rows:
         print(f"{name:58s} {value:.1f}" if isinstance(value, float) else f"{name:58s} {value}")
+    curve = []
     if args.oracle_steps:
         curve = oracle_layernorm_tuning(model, classifier, train_x, train_y, test_x, test_y, args.oracle_steps,
                                         args.oracle_lr)
-        print(f"{'oracle LN + classifier tuning (TRUE labels), lr ' + str(args.oracle_lr):58s} "
-              + ", ".join(f"step {s}: {a:.1f}" for s, a in curve))
+        print(f"{'oracle LN + classifier tuning (TRUE labels), lr ' + str(args.oracle_lr):58s} {format_curve(curve)}")
     if args.views:
-        measure_views(args, classifier, metadata["classes"], train_x, train_y, test_x, test_y)
+        measure_views(args, classifier, metadata["classes"], train_x, train_y, test_x, test_y, curve)
     print("\nbenchmark properties (issue 17, fixed before any method ran):")
     failed = 0
     for name, value, lower, upper, holds in check_properties(measured):
