@@ -324,3 +324,15 @@ def test_arrays_of_different_resources_run_to_the_end_on_slurm(slurm_cluster, fa
     # --wait waited for both arrays: the stand-in CuPL always fails, the other run finished
     assert code == 1 and "slurm sweep vit_b32 finished: 1 ok, 1 failed or unfinished" in lines
     assert (_run(out, "ZeroshotCLIP", 1) / "results.json").exists() and (_run(out, "CuPL", 1) / "failed.txt").exists()
+
+
+def test_a_bad_resource_value_names_the_job_and_the_key(fake_setup, monkeypatch, tmp_path, capsys):
+    """Needs no Slurm: a config whose SLURM node does not merge stops the submission before anything is written."""
+    configs, train, out = fake_setup
+    with open(os.path.join(configs, "trainers", "ZeroshotCLIP", "vit_b32.yaml"), "w") as handle:
+        handle.write("SLURM:\n  CPUS_PER_TASK: \"many\"\n")
+    calls = _with_fake_sbatch(monkeypatch, tmp_path)
+    code, _ = _sweep(configs, train, out, "ZeroshotCLIP", "1")
+    err = capsys.readouterr().err
+    assert code == 2 and "--slurm: cannot read the config of ZeroshotCLIP/dtd/seed1" in err and "CPUS_PER_TASK" in err
+    assert not calls.exists() and not (out / ".slurm").exists()
