@@ -7,7 +7,8 @@ Prints, on the test split (top-1 %, chance 5%):
   pools them at initialisation (NCut mask + SOAP, official settings);
 * whether the tokens are local and the NCut masks object-centric: the per-token accuracy on background, distractor
   and object patches, which regions the NCut masks select, and the [FG] token with the true object patches in place
-  of the NCut mask (region labels from re-rendering the test scenes);
+  of the NCut mask (region labels from re-rendering the test scenes): how SOAP's attention splits between the object's
+  head and its body, the same with sharper logits, and the plain average of the object's / head's / body's tokens;
 * a linear probe of the frozen [CLS] features trained with the TRUE train labels (what the features separate);
 * an oracle LayerNorm + classifier tuning with the TRUE train labels, the parameters microCLIP tunes (what LN tuning
   can reach at all on this backbone);
@@ -33,6 +34,7 @@ import argparse
 import os
 import random
 import sys
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -48,11 +50,12 @@ from clipkit.tinybench import default_data_root, register_checkpoint  # noqa: E4
 from clipkit.tinybench.evaluate import text_classifier  # noqa: E402
 from clipkit.tinybench.generate import dataset_dir, load_metadata, load_split_images  # noqa: E402
 from clipkit.tinybench.regions import (  # noqa: E402
-    OBJECT, REGION_NAMES, config_from_metadata, patch_regions, region_map, render_split,
+    OBJECT, REGION_NAMES, config_from_metadata, head_patches, patch_regions, region_map, render_split,
 )
 from clipkit.tinybench.pretrain import to_model_input  # noqa: E402
 
 LOGIT_SCALE = 100.0  # microCLIP's fixed logit scale, used by the oracle tuning's cross-entropy
+SHARPER_SOAP_LOGITS = 4.0  # factor on SOAP's attention logits of the "sharper" [FG] row (a what-if, not a method)
 PROBE_STEPS = 1500  # full-batch Adam steps of the linear probe
 PROBE_LR = 1e-2
 PROBE_L2 = 1e-4  # weight decay of the linear probe (standardised features)
@@ -144,14 +147,18 @@ def accuracy(logits: torch.Tensor, labels: np.ndarray) -> float:
     return float(100.0 * (logits.argmax(dim=-1).numpy() == labels).mean())
 
 
-def token_regions(metadata: dict, images: np.ndarray, patch_size: int) -> torch.Tensor:
-    """(N, n) region label (``regions.REGION_NAMES``) of every patch of the test images, by re-rendering their scenes
-    with the config recorded in ``metadata``; exits with a fix when that does not reproduce the images on disk."""
+def token_regions(metadata: dict, images: np.ndarray, patch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(N, n) region label (``regions.REGION_NAMES``) of every patch of the test images and (N, n) bool "the patch is
+    the object's head", by re-rendering their scenes with the config recorded in ``metadata``; exits with a fix when
+    that does not reproduce the images on disk."""
     rendered, scenes = render_split(config_from_metadata(metadata), "test")
     if rendered.shape != images.shape or not np.array_equal(rendered, images):
         raise SystemExit("The tiny benchmark's test images on disk differ from what this code renders from their "
                          "metadata.json; regenerate them with: python -m clipkit.tinybench.prepare --force")
-    return torch.from_numpy(np.stack([patch_regions(region_map(s, images.shape[1]), patch_size) for s in scenes]))
+    size = images.shape[1]
+    regions = np.stack([patch_regions(region_map(s, size), patch_size) for s in scenes])
+    heads = np.stack([head_patches(s, size, patch_size) for s in scenes])
+    return torch.from_numpy(regions), torch.from_numpy(heads)
 
 
 def by_region(values: torch.Tensor, regions: torch.Tensor) -> str:
@@ -260,7 +267,7 @@ def main(argv=None) -> int:
     train_cls, _ = encode(model, train_x)
     projected = test_tokens @ model.visual.proj
     counts = np.bincount((test_cls @ classifier.t()).argmax(1).numpy(), minlength=len(names))
-    regions = token_regions(metadata, test_x, model.visual.conv1.kernel_size[0])
+    regions, head_tokens = token_regions(metadata, test_x, model.visual.conv1.kernel_size[0])
     token_correct = (F.normalize(projected, dim=-1) @ classifier.t()).argmax(-1) == torch.from_numpy(test_y)[:, None]
     pool = SaliencyAttentionPool(test_tokens.shape[-1])
 
@@ -270,16 +277,32 @@ def main(argv=None) -> int:
         return project_fg_token(pool(test_tokens, patch_mask)[0], model.visual.proj) @ classifier.t()
 
     object_mask = regions == OBJECT
+    head_mask = object_mask & head_tokens  # the object's head; the rest of the object is its patterned body
+    body_mask = object_mask & ~head_tokens
     with torch.no_grad():
         mask = ncut_mask(test_tokens)
         object_pooled, object_attention = pool(test_tokens, object_mask)  # SOAP with the true object as its mask
+        # The same with its attention logits x SHARPER_SOAP_LOGITS (tokens scaled by its square root: the value path
+        # scales too, which the normalised [FG] feature does not see): does a sharper softmax on the object help?
+        sharper_pooled, _ = pool(test_tokens * SHARPER_SOAP_LOGITS ** 0.5, object_mask)
+    object_attention = object_attention[:, : object_mask.shape[1]]  # without the sink
     measured = {
         "zero_shot": accuracy(test_cls @ classifier.t(), test_y),
         "object_patch_share": float(100.0 * object_mask.float().mean()),
         "fg_object": accuracy(project_fg_token(object_pooled, model.visual.proj) @ classifier.t(), test_y),
         "linear_probe": linear_probe(train_cls, train_y, test_cls, test_y, args.probe_steps),
     }
-    object_attention_share = float(100.0 * (object_attention[:, : object_mask.shape[1]] * object_mask).sum(1).mean())
+
+    def attention_share(part: torch.Tensor) -> float:
+        """% of SOAP's attention mass (true object mask) on the tokens of ``part`` (N, n), mean over images."""
+        return float(100.0 * (object_attention * part).sum(1).mean())
+
+    def token_average_accuracy(part: torch.Tensor) -> float:
+        """[FG] as the plain mean of ``part``'s tokens (Table 3's NCut-average token), on the images that have any."""
+        has_part = part.any(dim=1)
+        logits = project_fg_token(masked_token_mean(test_tokens, part), model.visual.proj) @ classifier.t()
+        return accuracy(logits[has_part], test_y[has_part.numpy()])
+
     measured["fg_object_gain"] = measured["fg_object"] - measured["zero_shot"]
     measured["probe_gain"] = measured["linear_probe"] - measured["zero_shot"]
     rows = [
@@ -295,10 +318,16 @@ def main(argv=None) -> int:
         ("  each token alone: accuracy by region", by_region(token_correct, regions)),
         ("  NCut mask: % of each region's tokens selected", by_region(mask, regions)),
         ("[FG] with the true object patches as NCut mask", measured["fg_object"]),
-        ("  SOAP attention on the true object's tokens (% of the mass)", object_attention_share),
-        ("  the true object's tokens averaged (Table 3 NCut-average [FG])",
-         accuracy(project_fg_token(masked_token_mean(test_tokens, object_mask), model.visual.proj)
-                  @ classifier.t(), test_y)),
+        ("  SOAP attention on the true object's tokens (% of the mass)", attention_share(object_mask)),
+        ("  ... on its head's / its body's tokens (% of the mass)",
+         f"{attention_share(head_mask):.1f} / {attention_share(body_mask):.1f}"),
+        ("  the head's share of the object's tokens (%)",
+         float(100.0 * head_mask.sum() / object_mask.sum())),
+        (f"  the same SOAP with its logits x {SHARPER_SOAP_LOGITS:g} (sharper)",
+         accuracy(project_fg_token(sharper_pooled, model.visual.proj) @ classifier.t(), test_y)),
+        ("  the true object's tokens averaged (Table 3 NCut-average [FG])", token_average_accuracy(object_mask)),
+        ("  its head's tokens averaged / its body's tokens averaged",
+         f"{token_average_accuracy(head_mask):.1f} / {token_average_accuracy(body_mask):.1f}"),
         ("linear probe on frozen [CLS] (TRUE labels)", measured["linear_probe"]),
     ]
     for name, value in rows:

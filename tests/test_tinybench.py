@@ -338,6 +338,8 @@ def test_diagnostics_script_runs_on_a_small_benchmark(small_benchmark, tiny_clip
     for row in ("zero-shot [CLS]", "microCLIP [FG] at init", "accuracy by region", "NCut mask: % of each region",
                 "linear probe", "oracle LN + classifier tuning", "benchmark properties",
                 "object share of the patches", "SOAP attention on the true object", "NCut-average [FG]",
+                "on its head's / its body's tokens", "the head's share of the object's tokens", "(sharper)",
+                "its head's tokens averaged",
                 "seen through a view", "invert", "LaFTer strong view", "on one view per train image"):
         assert row in out, out
 
@@ -432,3 +434,20 @@ def test_oracle_labels_all_mode_prints_the_margin_table_and_reuses_finished_runs
     second = run_all(1000)
     assert second.returncode == 1 and "| NO |" in second.stdout, second.stdout
     assert os.path.getmtime(out / "ReCLIP" / "seed1" / "results.json") == stamp  # reused, not re-run
+
+
+def test_head_patches_are_the_patches_mostly_repainted_when_only_the_head_colour_changes():
+    """Reference: render the same scene with a white and a black head; the head's pixels are those that change by
+    more than half the (camera-scaled) colour difference, i.e. the head covers more than half of them."""
+    domain = render.BENCHMARK_DOMAIN
+    black_head = render.ObjectClass(RED_STRIPED_WHITE_HEAD.pattern, RED_STRIPED_WHITE_HEAD.colour, "black")
+    for seed in range(4):
+        white, scene = render.render(np.random.default_rng(seed), domain, RED_STRIPED_WHITE_HEAD)
+        black, _ = render.render(np.random.default_rng(seed), domain, black_head)
+        change = np.abs(white.astype(np.float64) - black.astype(np.float64)).sum(axis=-1)
+        full_change = np.abs(np.subtract(scene.head_rgb, render.HEAD_COLOURS["black"]) * domain.channel_gain).sum()
+        head_pixels = change > full_change / 2
+        share = head_pixels.reshape(8, 8, 8, 8).mean(axis=(1, 3)).reshape(-1)
+        found = regions.head_patches(scene, domain.image_size, 8)
+        assert found.any()
+        np.testing.assert_array_equal(found, share >= 0.5)

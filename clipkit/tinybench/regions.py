@@ -13,7 +13,7 @@ from typing import List, Tuple
 import numpy as np
 
 from .generate import BenchmarkConfig, render_item
-from .render import Scene, SceneDomain, distractor_distances, pixel_centres, scene_body_distance
+from .render import Scene, SceneDomain, distractor_distances, pixel_centres, scene_body_distance, scene_head_distance
 
 BACKGROUND, DISTRACTOR, OBJECT = 0, 1, 2  # region labels; background includes the clutter
 REGION_NAMES = ("background", "distractor", "object")
@@ -54,6 +54,13 @@ def object_patches(scene: Scene, image_size: int, patch_size: int) -> np.ndarray
     if not mask.any():
         mask[int(share.argmax())] = True
     return mask
+
+
+def head_patches(scene: Scene, image_size: int, patch_size: int) -> np.ndarray:
+    """(n,) bool: the patches whose pixels are at least half the object's head (the part painted in the head colour)."""
+    xs, ys = pixel_centres(image_size)
+    head = (scene_body_distance(scene, xs, ys) < 0) & (scene_head_distance(scene, xs, ys) < 0)
+    return patch_shares(head.astype(np.uint8), patch_size, 1) >= 0.5
 
 
 def config_from_metadata(metadata: dict) -> BenchmarkConfig:

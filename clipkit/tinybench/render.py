@@ -307,6 +307,13 @@ def scene_body_distance(scene: Scene, xs, ys):
     return body_distance(scene.body_shape, u, v, scene.body_radius, scene.body_aspect)
 
 
+def scene_head_distance(scene: Scene, xs, ys):
+    """Signed pseudo distance (pixels, negative on the head's side) of every pixel to the line that ends the object's
+    head: the head is where this and ``scene_body_distance`` are both negative."""
+    u, _ = _local(xs, ys, scene.body_centre, scene.body_angle)
+    return scene.body_radius - scene.head_length - scene.head_side * u
+
+
 def distractor_distances(scene: Scene, xs, ys) -> List[np.ndarray]:
     """Signed pseudo distance of every pixel to each distractor object, in drawing order."""
     out = []
@@ -339,7 +346,7 @@ def render_scene(scene: Scene, noise: np.ndarray, domain: SceneDomain) -> np.nda
     painted = body * _coverage(pattern_distance(scene.object_class.pattern, u, v, scene.pattern_period,
                                                 scene.stripe_duty, scene.spot_radius, scene.pattern_phase))
     image = image * (1 - painted) + np.asarray(scene.pattern_rgb) * painted
-    head = body * _coverage(scene.body_radius - scene.head_length - scene.head_side * u)
+    head = body * _coverage(scene_head_distance(scene, xs, ys))
     image = image * (1 - head) + np.asarray(scene.head_rgb) * head
     image = apply_camera(image, domain)
     return np.clip(np.rint(image + noise), 0, 255).astype(np.uint8)
