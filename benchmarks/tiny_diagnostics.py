@@ -15,7 +15,7 @@ Prints, on the test split (top-1 %, chance 5%):
 * with ``--views``: whether the methods' training views keep the class (zero-shot accuracy, overall and per class
   attribute, on the test images seen through each view: single ops and the methods' strong views), and the same oracle
   tuning trained on one such view per train image instead of the clean image (what training on that view with
-  perfect labels does to the clean test accuracy).
+  perfect labels does to the clean test accuracy), and for the strong views on a fresh draw of the view every step.
 
 The oracles use labels that no unsupervised method sees: they bound what adaptation can gain, they are not results.
 
@@ -79,6 +79,7 @@ ROTATE_GREY_VIEW = f"rotate up to {ROTATION_DEG:g} deg, grey fill"
 MICROCLIP_STRONG_VIEW = "microCLIP / DPA strong view"
 LAFTER_STRONG_VIEW = "LaFTer strong view"
 TRAINING_VIEWS = (CROP_VIEW, ROTATE_BLACK_VIEW, ROTATE_GREY_VIEW, MICROCLIP_STRONG_VIEW, LAFTER_STRONG_VIEW)
+FRESH_VIEW_TRAINING = (MICROCLIP_STRONG_VIEW, LAFTER_STRONG_VIEW)  # also trained with a new draw of the view per step
 
 
 def view_probes(size: int) -> dict:
@@ -183,9 +184,11 @@ def linear_probe(train: torch.Tensor, train_labels: np.ndarray, test: torch.Tens
         return accuracy((test - mean) / std @ weight + bias, test_labels)
 
 
-def oracle_layernorm_tuning(model, classifier, train_x, train_y, test_x, test_y, steps: int, lr: float, seed: int = 0):
+def oracle_layernorm_tuning(model, classifier, train_x, train_y, test_x, test_y, steps: int, lr: float, seed: int = 0,
+                            view=None):
     """Tune the vision LayerNorms + a classifier initialised from ``classifier`` with the TRUE labels (CE at scale
-    100, AdamW, batch 64, no augmentation); returns [(step, test accuracy of the [CLS] logits)]."""
+    100, AdamW, batch 64; the batch as given, or each batch through a fresh draw of the PIL ``view``); returns
+    [(step, test accuracy of the [CLS] logits)]."""
     model.requires_grad_(False)
     layer_norms = [p for m in model.visual.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()]
     for parameter in layer_norms:
@@ -196,7 +199,8 @@ def oracle_layernorm_tuning(model, classifier, train_x, train_y, test_x, test_y,
     curve = []
     for step in range(1, steps + 1):
         index = torch.randint(len(train_x), (64,), generator=generator).numpy()
-        features = F.normalize(model.encode_image(to_model_input(train_x[index])), dim=-1)
+        batch = train_x[index] if view is None else apply_view(view, train_x[index])
+        features = F.normalize(model.encode_image(to_model_input(batch)), dim=-1)
         loss = F.cross_entropy(LOGIT_SCALE * features @ F.normalize(weights, dim=-1).t(), torch.from_numpy(train_y[index]))
         optimizer.zero_grad()
         loss.backward()
@@ -240,6 +244,13 @@ def measure_views(args, classifier, classes, train_x, train_y, test_x, test_y, c
         fresh = load_clip(args.checkpoint).float().eval()
         curve = oracle_layernorm_tuning(fresh, classifier, apply_view(probes[name], train_x), train_y, test_x, test_y,
                                         args.oracle_steps, args.oracle_lr)
+        print(f"  {name:56s} {format_curve(curve)}")
+    print("the same on a fresh view of every batch (a new draw per step, as the methods' loaders redraw)")
+    for name in FRESH_VIEW_TRAINING:
+        torch.manual_seed(0)
+        fresh = load_clip(args.checkpoint).float().eval()
+        curve = oracle_layernorm_tuning(fresh, classifier, train_x, train_y, test_x, test_y, args.oracle_steps,
+                                        args.oracle_lr, view=probes[name])
         print(f"  {name:56s} {format_curve(curve)}")
 
 

@@ -340,7 +340,8 @@ def test_diagnostics_script_runs_on_a_small_benchmark(small_benchmark, tiny_clip
                 "object share of the patches", "SOAP attention on the true object", "NCut-average [FG]",
                 "on its head's / its body's tokens", "the head's share of the object's tokens", "(sharper)",
                 "its head's tokens averaged",
-                "seen through a view", "invert", "LaFTer strong view", "on one view per train image"):
+                "seen through a view", "invert", "LaFTer strong view", "on one view per train image",
+                "a fresh view of every batch"):
         assert row in out, out
 
 
