@@ -238,20 +238,24 @@ def measure_views(args, classifier, classes, train_x, train_y, test_x, test_y, c
         return
     print(f"oracle LN + classifier tuning (TRUE labels, {args.oracle_steps} steps) on one view per train image; "
           "clean test accuracy")
+
+    def tune_fresh_copy(name: str, redraw_per_batch: bool) -> None:
+        """The oracle tuning from a fresh copy of the checkpoint on view ``name``: one draw per train image (made after
+        seeding), or a new draw for every batch."""
+        torch.manual_seed(0)
+        fresh = load_clip(args.checkpoint).float().eval()
+        view = probes[name]
+        images = train_x if redraw_per_batch else apply_view(view, train_x)
+        curve = oracle_layernorm_tuning(fresh, classifier, images, train_y, test_x, test_y, args.oracle_steps,
+                                        args.oracle_lr, view=view if redraw_per_batch else None)
+        print(f"  {name:56s} {format_curve(curve)}")
+
     print(f"  {'identity':56s} {format_curve(clean_curve)}")
     for name in TRAINING_VIEWS:
-        torch.manual_seed(0)
-        fresh = load_clip(args.checkpoint).float().eval()
-        curve = oracle_layernorm_tuning(fresh, classifier, apply_view(probes[name], train_x), train_y, test_x, test_y,
-                                        args.oracle_steps, args.oracle_lr)
-        print(f"  {name:56s} {format_curve(curve)}")
+        tune_fresh_copy(name, redraw_per_batch=False)
     print("the same on a fresh view of every batch (a new draw per step, as the methods' loaders redraw)")
     for name in FRESH_VIEW_TRAINING:
-        torch.manual_seed(0)
-        fresh = load_clip(args.checkpoint).float().eval()
-        curve = oracle_layernorm_tuning(fresh, classifier, train_x, train_y, test_x, test_y, args.oracle_steps,
-                                        args.oracle_lr, view=probes[name])
-        print(f"  {name:56s} {format_curve(curve)}")
+        tune_fresh_copy(name, redraw_per_batch=True)
 
 
 def main(argv=None) -> int:
@@ -282,10 +286,14 @@ def main(argv=None) -> int:
     token_correct = (F.normalize(projected, dim=-1) @ classifier.t()).argmax(-1) == torch.from_numpy(test_y)[:, None]
     pool = SaliencyAttentionPool(test_tokens.shape[-1])
 
+    def fg_logits(pooled: torch.Tensor) -> torch.Tensor:
+        """(N, W) pooled tokens -> (N, C) class logits of the [FG] feature (CLIP's projection, Eq. 6)."""
+        return project_fg_token(pooled, model.visual.proj) @ classifier.t()
+
     @torch.no_grad()
     def soap_fg_with(patch_mask: torch.Tensor) -> torch.Tensor:
-        """[FG] features at initialisation (official SOAP) with ``patch_mask`` (N, n) as the NCut mask."""
-        return project_fg_token(pool(test_tokens, patch_mask)[0], model.visual.proj) @ classifier.t()
+        """[FG] logits at initialisation (official SOAP) with ``patch_mask`` (N, n) as the NCut mask."""
+        return fg_logits(pool(test_tokens, patch_mask)[0])
 
     object_mask = regions == OBJECT
     head_mask = object_mask & head_tokens  # the object's head; the rest of the object is its patterned body
@@ -300,7 +308,7 @@ def main(argv=None) -> int:
     measured = {
         "zero_shot": accuracy(test_cls @ classifier.t(), test_y),
         "object_patch_share": float(100.0 * object_mask.float().mean()),
-        "fg_object": accuracy(project_fg_token(object_pooled, model.visual.proj) @ classifier.t(), test_y),
+        "fg_object": accuracy(fg_logits(object_pooled), test_y),
         "linear_probe": linear_probe(train_cls, train_y, test_cls, test_y, args.probe_steps),
     }
 
@@ -311,7 +319,7 @@ def main(argv=None) -> int:
     def token_average_accuracy(part: torch.Tensor) -> float:
         """[FG] as the plain mean of ``part``'s tokens (Table 3's NCut-average token), on the images that have any."""
         has_part = part.any(dim=1)
-        logits = project_fg_token(masked_token_mean(test_tokens, part), model.visual.proj) @ classifier.t()
+        logits = fg_logits(masked_token_mean(test_tokens, part))
         return accuracy(logits[has_part], test_y[has_part.numpy()])
 
     measured["fg_object_gain"] = measured["fg_object"] - measured["zero_shot"]
@@ -335,7 +343,7 @@ def main(argv=None) -> int:
         ("  the head's share of the object's tokens (%)",
          float(100.0 * head_mask.sum() / object_mask.sum())),
         (f"  the same SOAP with its logits x {SHARPER_SOAP_LOGITS:g} (sharper)",
-         accuracy(project_fg_token(sharper_pooled, model.visual.proj) @ classifier.t(), test_y)),
+         accuracy(fg_logits(sharper_pooled), test_y)),
         ("  the true object's tokens averaged (Table 3 NCut-average [FG])", token_average_accuracy(object_mask)),
         ("  its head's tokens averaged / its body's tokens averaged",
          f"{token_average_accuracy(head_mask):.1f} / {token_average_accuracy(body_mask):.1f}"),
