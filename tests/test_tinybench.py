@@ -452,3 +452,42 @@ def test_head_patches_are_the_patches_mostly_repainted_when_only_the_head_colour
         found = regions.head_patches(scene, domain.image_size, 8)
         assert found.any()
         np.testing.assert_array_equal(found, share >= 0.5)
+
+
+def test_oracle_tuning_with_a_view_trains_on_a_fresh_draw_of_every_batch(tiny_clip_path, one_thread):
+    """``oracle_layernorm_tuning(view=...)``: every step's 64 images go through the view (64 calls per step) and the
+    tuned model sees the viewed images, not the given ones (a view that blanks the images changes the curve)."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import tiny_diagnostics
+    finally:
+        sys.path.remove(os.path.join(REPO, "benchmarks"))
+    from PIL import Image
+
+    from clipkit.clip import load_clip
+
+    rng = np.random.default_rng(0)
+    train_x = rng.integers(0, 256, (32, 64, 64, 3), dtype=np.uint8)
+    train_y = rng.integers(0, 4, 32)
+    test_x, test_y = train_x[:8], train_y[:8]
+    classifier = torch.nn.functional.normalize(torch.randn(4, load_clip(tiny_clip_path).visual.proj.shape[1]), dim=-1)
+    calls = []
+
+    def blank(image):
+        calls.append(image.size)
+        return Image.new("RGB", image.size)
+
+    def tuned_layer_norm(view):
+        torch.manual_seed(0)
+        model = load_clip(tiny_clip_path).float().eval()
+        curve = tiny_diagnostics.oracle_layernorm_tuning(model, classifier, train_x, train_y, test_x, test_y, steps=4,
+                                                         lr=1e-2, view=view)
+        assert [step for step, _ in curve] == [1, 2, 3, 4]
+        return model.visual.ln_post.weight.detach().clone()
+
+    plain = tuned_layer_norm(None)
+    assert not calls
+    blanked = tuned_layer_norm(blank)
+    assert len(calls) == 4 * 64 and set(calls) == {(64, 64)}
+    assert not torch.allclose(plain, blanked)  # trained on the blank views, not on the given images
+    assert torch.equal(tuned_layer_norm(None), plain)  # same batches without a view: the same tuning
